@@ -1,0 +1,76 @@
+"""Runs one operation's handler inside the right store transaction, with clientToken idempotency.
+
+Reads (Get*, List*) run in a read transaction; every other operation is one serialized write
+transaction that also records its idempotency token, so a retried request and the original can never
+both create a resource. Which member is the token is read from the model (`idempotencyToken`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from botocore.model import OperationModel
+from sqlalchemy import Connection, delete, select
+
+from ..store.db import Store, dumps, idempotency, loads
+from .errors import ApiError
+
+IDEMPOTENCY_WINDOW_SECONDS = 8 * 3600
+READ_PREFIXES = ("Get", "List", "Describe")
+
+
+def _token_member(operation: OperationModel) -> str | None:
+    shape = operation.input_shape
+    if shape is None:
+        return None
+    return next((name for name, member in shape.members.items() if member.metadata.get("idempotencyToken")),
+                None)
+
+
+def _request_hash(params: dict[str, Any], token_member: str) -> str:
+    rest = {k: v for k, v in params.items() if k != token_member}
+    return hashlib.sha256(orjson.dumps(rest, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Dispatcher:
+    def __init__(self, store: Store, handlers: object, after_write: Callable[[], None]) -> None:
+        self.store, self.handlers, self.after_write = store, handlers, after_write
+
+    def call(self, operation: OperationModel, params: dict[str, Any]) -> dict[str, Any]:
+        handler = getattr(self.handlers, operation.name)
+        if operation.name.startswith(READ_PREFIXES):
+            with self.store.read() as conn:
+                return handler(conn, params)
+        token_member = _token_member(operation)
+        token = params.get(token_member) if token_member else None
+        with self.store.write() as conn:
+            if token is None:
+                result = handler(conn, params)
+            else:
+                result = self._idempotent(conn, operation.name, token, _request_hash(params, token_member),
+                                          lambda: handler(conn, params))
+        self.after_write()
+        return result
+
+    def _idempotent(self, conn: Connection, operation: str, token: str, request_hash: str,
+                    run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        key = (idempotency.c.operation == operation) & (idempotency.c.token == token)
+        record = conn.execute(select(idempotency).where(key)).first()
+        now = time.time()
+        if record is not None and record.created_at > now - IDEMPOTENCY_WINDOW_SECONDS:
+            if record.request_hash != request_hash:
+                raise ApiError("ConflictException",
+                               f"The clientToken {token!r} was already used for a {operation} request with "
+                               "different parameters. Use a new clientToken for a different request.",
+                               resourceId=token, resourceType="clientToken")
+            return loads(record.response)
+        result = run()
+        if record is not None:
+            conn.execute(delete(idempotency).where(key))
+        conn.execute(idempotency.insert().values(operation=operation, token=token, request_hash=request_hash,
+                                                 response=dumps(result), created_at=now))
+        return result

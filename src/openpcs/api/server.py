@@ -1,0 +1,181 @@
+"""The HTTP front door: AWS JSON protocol over ASGI, generic for any service model.
+
+POST / with `X-Amz-Target: <targetPrefix>.<Operation>`: read the body (bounded in size and time), check
+the SigV4 signature, find the operation in the model, parse and validate the input against it, run the
+handler, and shape the output by the model. Every response carries `x-amzn-RequestId` and every request
+leaves one structured log line; neither ever carries a secret or a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .dispatch import Dispatcher
+from .errors import ApiError, internal_error
+from .model import Service
+from .serialize import shape_output
+from .sigv4 import AuthError, SigV4Verifier
+from .validate import require_object, validate
+
+log = logging.getLogger("openpcs.api")
+
+MAX_BODY_BYTES = 1024 * 1024
+# A client must send each chunk of its body within this many seconds, and all of it within the total.
+BODY_CHUNK_TIMEOUT = 10.0
+BODY_TOTAL_TIMEOUT = 30.0
+ACCEPTED_CONTENT_TYPES = ("application/x-amz-json-1.0", "application/x-amz-json-1.1", "application/json")
+
+
+@dataclass
+class Frontend:
+    """One service the server answers: its model and the dispatcher that runs its operations."""
+
+    service: Service
+    dispatcher: Dispatcher
+
+
+class _Refused(Exception):
+    """A request refused before it reached an operation (transport, auth, protocol)."""
+
+    def __init__(self, status: int, code: str, message: str, **members: Any) -> None:
+        super().__init__(message)
+        self.error = ApiError(code, message, status, **members)
+
+
+class ApiApp:
+    def __init__(self, frontends: list[Frontend], verifier: SigV4Verifier) -> None:
+        self.frontends = {f.service.target_prefix: f for f in frontends}
+        self.verifier = verifier
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        request_id = str(uuid.uuid4())
+        operation_name, caller, status, code = "-", "-", 200, None
+        content_type = "application/x-amz-json-1.0"
+        try:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            body = await self._read_body(headers, receive)
+            if scope["method"] != "POST" or scope["path"] != "/":
+                raise _Refused(404, "UnknownOperationException",
+                               "This endpoint answers AWS JSON requests: POST / with an X-Amz-Target header.")
+            target = headers.get("x-amz-target", "")
+            prefix, _, operation_name = target.partition(".")
+            frontend = self.frontends.get(prefix)
+            content_type = frontend.service.content_type if frontend else content_type
+            caller = self._authenticate(scope, headers, body)
+            operation = frontend.service.operation(operation_name) if frontend else None
+            if operation is None:
+                raise ApiError("ValidationException",
+                               f"Unknown operation {target!r}. The X-Amz-Target header must name an operation "
+                               f"of {', '.join(self.frontends)}.", reason="unknownOperation")
+            media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+            if media_type not in ACCEPTED_CONTENT_TYPES:
+                raise ApiError("ValidationException", f"Content-Type {media_type or 'missing'!r} is not "
+                               f"supported; send {frontend.service.content_type}.", reason="cannotParse")
+            params = self._parse(body)
+            validate(operation.input_shape, params)
+            result = frontend.dispatcher.call(operation, params)
+            payload = orjson.dumps(shape_output(operation.output_shape, result))
+        except (ApiError, _Refused) as exc:
+            error = exc if isinstance(exc, ApiError) else exc.error
+            status, code, payload = error.status, error.code, orjson.dumps(error.body())
+        except AuthError as exc:
+            status, code = exc.status, exc.code
+            payload = orjson.dumps({"__type": exc.code, "message": exc.message})
+        except _Disconnected:
+            self._log(request_id, operation_name, caller, 499, "ClientDisconnected", started)
+            return
+        except Exception:
+            log.exception("internal error in %s (request %s)", operation_name, request_id)
+            error = internal_error()
+            status, code, payload = error.status, error.code, orjson.dumps(error.body())
+        response_headers = [(b"content-type", content_type.encode()),
+                            (b"content-length", str(len(payload)).encode()),
+                            (b"x-amzn-requestid", request_id.encode())]
+        if code:
+            response_headers.append((b"x-amzn-errortype", code.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
+        self._log(request_id, operation_name, caller, status, code, started)
+
+    async def _read_body(self, headers: dict[str, str], receive: Any) -> bytes:
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            raise _Refused(413, "RequestEntityTooLargeException",
+                           f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+        chunks, size = [], 0
+        deadline = time.monotonic() + BODY_TOTAL_TIMEOUT
+        while True:
+            timeout = min(BODY_CHUNK_TIMEOUT, deadline - time.monotonic())
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(timeout, 0.001))
+            except TimeoutError:
+                raise _Refused(408, "RequestTimeoutException",
+                               "The request body was not received in time.") from None
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _Refused(413, "RequestEntityTooLargeException",
+                               f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    def _authenticate(self, scope: dict[str, Any], headers: dict[str, str], body: bytes) -> str:
+        return self.verifier.verify(scope["method"], scope.get("raw_path", b"/").split(b"?")[0].decode(),
+                                    scope.get("query_string", b"").decode("latin-1"), headers, body)
+
+    @staticmethod
+    def _parse(body: bytes) -> dict[str, Any]:
+        if not body.strip():
+            return {}
+        try:
+            params = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError("ValidationException", f"The request body is not valid JSON: {exc}",
+                           reason="cannotParse") from None
+        return require_object(params)
+
+    @staticmethod
+    def _log(request_id: str, operation: str, caller: str, status: int, code: str | None,
+             started: float) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        log.info("request", extra={"fields": {
+            "requestId": request_id, "operation": operation, "status": status, "error": code,
+            "accessKeyId": caller, "latencyMs": round((time.perf_counter() - started) * 1000, 3)}})
+
+
+class _Disconnected(Exception):
+    """The client went away before sending its whole request; nothing was applied."""
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object a line: easy to grep, parse and ship. Request lines carry their fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": round(record.created, 3), "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage(), **getattr(record, "fields", {})}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger("openpcs")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

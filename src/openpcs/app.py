@@ -1,0 +1,89 @@
+"""Assembles a running openpcs from its options: store, keys, runtime, reconciler and the API."""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .api.credentials import PROFILE, KeyCache, create_key, list_keys, write_credentials_file
+from .api.dispatch import Dispatcher
+from .api.model import load_service
+from .api.pagination import PageTokens
+from .api.server import ApiApp, Frontend
+from .api.sigv4 import SigV4Verifier
+from .control.reconciler import Reconciler
+from .control.runtime import Runtime
+from .pcs.handlers import PcsHandlers, ServiceContext
+from .pcs.views import Views
+from .store.db import Store, sqlite_url
+
+DEFAULT_REGION = "us-east-1"
+DEFAULT_MAX_CLUSTERS = 5
+
+
+def default_data_dir() -> Path:
+    if os.environ.get("OPENPCS_DATA_DIR"):
+        return Path(os.environ["OPENPCS_DATA_DIR"])
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "openpcs"
+
+
+def open_store(data_dir: Path, database: str | None) -> Store:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Store(database or sqlite_url(str(data_dir / "openpcs.db")))
+
+
+@dataclass
+class Identity:
+    """Who this service is in ARNs, fixed at first start and kept in the store."""
+
+    region: str
+    account: str
+
+
+def identity(store: Store, region: str | None) -> Identity:
+    stored_region = store.setting("region", lambda: region or DEFAULT_REGION)
+    account = store.setting("account", lambda: str(random.SystemRandom().randrange(10**11, 10**12)))
+    return Identity(stored_region, account)
+
+
+def ensure_credentials(store: Store, data_dir: Path, region: str) -> Path:
+    """On first start, make a key and write it to DATA_DIR/credentials (profile `openpcs`, mode 0600)."""
+    path = data_dir / "credentials"
+    if not path.exists():
+        usable = [k for k in list_keys(store) if k.revoked_at is None and k.description == "default"]
+        key = usable[0] if usable else create_key(store, "default")
+        write_credentials_file(path, key, region, PROFILE)
+    return path
+
+
+class Service:
+    """Everything `openpcs serve` runs, wired together; the HTTP server is uvicorn's, around `app`."""
+
+    def __init__(self, data_dir: Path, database: str | None, region: str | None, max_clusters: int,
+                 api_url: str) -> None:
+        self.data_dir = data_dir
+        self.store = open_store(data_dir, database)
+        self.identity = identity(self.store, region)
+        if region and region != self.identity.region:
+            raise SystemExit(f"This data dir serves region {self.identity.region}; it cannot change to {region}.")
+        self.credentials_path = ensure_credentials(self.store, data_dir, self.identity.region)
+        page_key = bytes.fromhex(self.store.setting("page_token_key", lambda: secrets.token_hex(32)))
+        self.runtime = Runtime(data_dir, self.store, self.identity.region, self.identity.account, api_url)
+        self.reconciler = Reconciler(self.store, self.runtime)
+        context = ServiceContext(views=Views(self.identity.region, self.identity.account),
+                                 tokens=PageTokens(page_key), max_clusters=max_clusters,
+                                 shared_secret=self.runtime.shared_secret)
+        pcs = Frontend(load_service("pcs"),
+                       Dispatcher(self.store, PcsHandlers(context), after_write=self.reconciler.wake))
+        self.app = ApiApp([pcs], SigV4Verifier(KeyCache(self.store).secret))
+
+    def start(self) -> None:
+        self.reconciler.start()
+
+    def stop(self) -> None:
+        self.reconciler.stop()
+        self.store.close()

@@ -1,0 +1,129 @@
+"""The `openpcs` command: serve the API, print client settings, manage access keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .api.credentials import PROFILE, create_key, list_keys, revoke_key
+from .app import DEFAULT_MAX_CLUSTERS, DEFAULT_REGION, Service, default_data_dir, identity, open_store
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None,
+    help="Where openpcs keeps its state [default: $OPENPCS_DATA_DIR or ~/.local/share/openpcs].")
+database_option = click.option(
+    "--database", default=None, metavar="URL",
+    help="A SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite in the data dir].")
+
+
+def _data_dir(value: Path | None) -> Path:
+    return (value or default_data_dir()).expanduser().resolve()
+
+
+@click.group()
+@click.version_option(__version__, prog_name="openpcs")
+def main() -> None:
+    """openpcs: the AWS Parallel Computing Service API, self-hosted."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
+@data_dir_option
+@database_option
+@click.option("--region", default=None, help=f"Region in ARNs, fixed at first start [default: {DEFAULT_REGION}].")
+@click.option("--max-clusters", default=DEFAULT_MAX_CLUSTERS, show_default=True, type=click.IntRange(1),
+              help="How many clusters this service allows (PCS's default quota is 5).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(host: str, port: int, data_dir: Path | None, database: str | None, region: str | None,
+          max_clusters: int, log_level: str) -> None:
+    """Run the API and the reconcilers in the foreground."""
+    import uvicorn
+
+    from .api.server import configure_logging
+
+    configure_logging(log_level)
+    directory = _data_dir(data_dir)
+    url = f"http://{host}:{port}"
+    service = Service(directory, database, region, max_clusters, url)
+    (directory / "server.json").write_text(json.dumps({"url": url, "region": service.identity.region,
+                                                       "pid": os.getpid()}) + "\n")
+    service.start()
+    click.echo(f"openpcs {__version__} serving PCS on {url} (data dir {directory}, region "
+               f"{service.identity.region}); client settings: eval \"$(openpcs env --data-dir {directory})\"",
+               err=True)
+    config = uvicorn.Config(service.app, host=host, port=port, loop="uvloop", http="httptools",
+                            lifespan="off", access_log=False, log_level="warning", timeout_keep_alive=30)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        service.stop()
+
+
+@main.command()
+@data_dir_option
+def env(data_dir: Path | None) -> None:
+    """Print shell exports that point AWS clients (CLI, boto3) at this openpcs."""
+    directory = _data_dir(data_dir)
+    try:
+        server = json.loads((directory / "server.json").read_text())
+    except FileNotFoundError:
+        raise click.ClickException(f"No openpcs has run with data dir {directory}. Start it with "
+                                   f"'openpcs serve --data-dir {directory}' first.") from None
+    exports = {
+        "AWS_SHARED_CREDENTIALS_FILE": str(directory / "credentials"),
+        "AWS_PROFILE": PROFILE,
+        "AWS_DEFAULT_REGION": server["region"],
+        "AWS_REGION": server["region"],
+        "AWS_ENDPOINT_URL_PCS": server["url"],
+        "AWS_ENDPOINT_URL_SAGEMAKER": server["url"],
+    }
+    for name, value in exports.items():
+        click.echo(f"export {name}={shlex.quote(value)}")
+
+
+@main.group()
+def credentials() -> None:
+    """Manage the access keys the service accepts."""
+
+
+@credentials.command("create")
+@data_dir_option
+@database_option
+@click.option("--description", default="", help="What the key is for.")
+def credentials_create(data_dir: Path | None, database: str | None, description: str) -> None:
+    """Create an access key; prints it once, as a credentials-file profile."""
+    store = open_store(_data_dir(data_dir), database)
+    key = create_key(store, description)
+    region = identity(store, None).region
+    click.echo(f"[{PROFILE}-{key.access_key_id.lower()}]\naws_access_key_id = {key.access_key_id}\n"
+               f"aws_secret_access_key = {key.secret_access_key}\nregion = {region}")
+
+
+@credentials.command("list")
+@data_dir_option
+@database_option
+def credentials_list(data_dir: Path | None, database: str | None) -> None:
+    """List access keys (never their secrets)."""
+    for key in list_keys(open_store(_data_dir(data_dir), database)):
+        state = "revoked" if key.revoked_at else "active"
+        click.echo(f"{key.access_key_id}\t{state}\t{key.description}")
+
+
+@credentials.command("revoke")
+@data_dir_option
+@database_option
+@click.argument("access_key_id")
+def credentials_revoke(data_dir: Path | None, database: str | None, access_key_id: str) -> None:
+    """Revoke an access key: requests signed with it are refused within a second."""
+    if not revoke_key(open_store(_data_dir(data_dir), database), access_key_id):
+        click.echo(f"No active access key {access_key_id}; see 'openpcs credentials list'.", err=True)
+        sys.exit(1)
+    click.echo(f"Revoked {access_key_id}.")

@@ -1,0 +1,123 @@
+"""The reconciler: brings every resource in CREATING, UPDATING or DELETING to its next state.
+
+Level-triggered and idempotent: each pass reads what is in transition from the store and asks the
+runtime to converge it, so a restart (even after kill -9) just carries on. A result is committed only if
+no API write changed the resource meanwhile (its generation); otherwise the next pass starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy import delete
+
+from ..domain import ids
+from ..store import resources as rows
+from ..store.db import Store, idempotency
+from ..store.resources import Resource
+from .runtime import Runtime, RuntimeFailure
+
+log = logging.getLogger("openpcs.reconciler")
+
+FAILED = {"CREATING": "CREATE_FAILED", "UPDATING": "UPDATE_FAILED", "DELETING": "DELETE_FAILED"}
+IDEMPOTENCY_WINDOW_SECONDS = 8 * 3600
+# Even with nothing to do, look again this often (housekeeping, and writes from other processes).
+IDLE_INTERVAL_SECONDS = 2.0
+PURGE_INTERVAL_SECONDS = 300.0
+
+
+class Reconciler:
+    def __init__(self, store: Store, runtime: Runtime) -> None:
+        self.store, self.runtime = store, runtime
+        self._last_purge = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                progressed = self.run_pass()
+                self._purge_idempotency()
+            except Exception:  # the loop must outlive any one bad pass; the next pass retries
+                log.exception("reconcile pass failed")
+                progressed = False
+            if not progressed:
+                self._wake.wait(IDLE_INTERVAL_SECONDS)
+
+    def run_pass(self) -> bool:
+        """One pass over everything in transition; True if any resource moved on."""
+        with self.store.read() as conn:
+            pending = rows.in_transition(conn)
+        return any([self._reconcile(resource) for resource in pending])
+
+    def _reconcile(self, resource: Resource) -> bool:
+        with self.store.read() as conn:
+            cluster = resource if resource.kind == ids.CLUSTER else rows.by_id(conn, resource.cluster_id)
+        if cluster is None:
+            return False
+        if resource.kind != ids.CLUSTER and resource.status != "DELETING":
+            if cluster.status in ("CREATING",):
+                return False  # a node group or queue waits for its cluster to come up
+            if cluster.status in ("CREATE_FAILED", "DELETING", "DELETE_FAILED"):
+                return self._record(resource, FAILED[resource.status], {
+                    **resource.state, "errorInfo": [{"code": "ClusterNotActive", "message":
+                                                     f"Cluster {cluster.id} is {cluster.status}."}]})
+        started = time.monotonic()
+        try:
+            if resource.status == "DELETING":
+                getattr(self.runtime, f"remove_{_kind(resource)}")(*_args(cluster, resource))
+                with self.store.write() as conn:
+                    done = rows.remove(conn, resource)
+                outcome = "deleted"
+            else:
+                state = getattr(self.runtime, f"converge_{_kind(resource)}")(*_args(cluster, resource))
+                done = self._record(resource, "ACTIVE", state)
+                outcome = "ACTIVE"
+        except RuntimeFailure as failure:
+            error = {"code": failure.code, "message": failure.message}
+            done = self._record(resource, FAILED[resource.status], {**resource.state, "errorInfo": [error]})
+            outcome = FAILED[resource.status]
+        except Exception as exc:
+            log.exception("reconciling %s %s failed", resource.kind, resource.id)
+            error = {"code": "InternalError", "message": f"openpcs could not apply the change ({type(exc).__name__}). "
+                                                          "See the server log."}
+            done = self._record(resource, FAILED[resource.status], {**resource.state, "errorInfo": [error]})
+            outcome = FAILED[resource.status]
+        log.info("%s %s %s -> %s in %.3fs%s", resource.kind, resource.id, resource.status, outcome,
+                 time.monotonic() - started, "" if done else " (superseded by a newer request)")
+        return True
+
+    def _record(self, resource: Resource, status: str, state: dict) -> bool:
+        with self.store.write() as conn:
+            return rows.record_outcome(conn, resource, status, state)
+
+    def _purge_idempotency(self) -> None:
+        if time.monotonic() - self._last_purge < PURGE_INTERVAL_SECONDS:
+            return
+        self._last_purge = time.monotonic()
+        with self.store.write() as conn:
+            conn.execute(delete(idempotency).where(
+                idempotency.c.created_at < time.time() - IDEMPOTENCY_WINDOW_SECONDS))
+
+
+def _kind(resource: Resource) -> str:
+    return {ids.CLUSTER: "cluster", ids.NODE_GROUP: "node_group", ids.QUEUE: "queue"}[resource.kind]
+
+
+def _args(cluster: Resource, resource: Resource) -> tuple[Resource, ...]:
+    return (cluster,) if resource.kind == ids.CLUSTER else (cluster, resource)

@@ -1,0 +1,183 @@
+"""PCS's own rules beyond what the service model states. Pure functions: no I/O.
+
+Each check raises an ApiError shaped as PCS shapes it. The allowlists are the Slurm parameters PCS lets
+a user set at each level (see PCS-FACTS.md); everything else in Slurm's configuration is the service's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from ..api.errors import ApiError, field_error, quota_exceeded, validation_error
+
+SCHEDULER_VERSIONS = ("23.11", "24.05", "24.11", "25.05")
+
+# Instances a cluster of each size manages: the sum of maxInstanceCount over its node groups.
+SIZE_INSTANCE_LIMITS = {"SMALL": 32, "MEDIUM": 512, "LARGE": 2048}
+NODE_GROUPS_PER_CLUSTER = 10
+QUEUES_PER_CLUSTER = 10
+DEFAULT_SCALE_DOWN_IDLE_SECONDS = 600
+
+CLUSTER_SLURM_SETTINGS = frozenset("""
+AccountingStorageEnforce AccountingStorageTRES AccountingStoreFlags AuthAltParameters CliFilterParameters
+CliFilterPlugins CommunicationParameters DefMemPerCPU Epilog EnforcePartLimits FairShareDampeningFactor
+FirstJobId HealthCheckInterval HealthCheckNodeState HealthCheckProgram JobRequeue LaunchParameters Licenses
+MetricsType MinJobAge OverTimeLimit PreemptExemptTime PreemptMode PreemptParameters PreemptType
+PriorityCalcPeriod PriorityDecayHalfLife PriorityFavorSmall PriorityFlags PriorityMaxAge
+PriorityUsageResetPeriod PriorityWeightAge PriorityWeightAssoc PriorityWeightFairshare PriorityWeightJobSize
+PriorityWeightPartition PriorityWeightQOS PriorityWeightTRES Prolog PrologFlags RequeueExit RequeueExitHold
+SchedulerParameters SelectTypeParameters SrunPortRange TaskEpilog TaskPluginParam TaskProlog TrackWCKey
+UnkillableStepProgram UnkillableStepTimeout
+""".split())
+NODE_GROUP_SLURM_SETTINGS = frozenset(
+    "CpuSpecList Features Gres MemSpecLimit Parameters RealMemory Sockets Weight".split())
+QUEUE_SLURM_SETTINGS = frozenset("""
+AllowAccounts AllowQos Default DefaultTime DenyAccounts DenyQos ExclusiveUser GraceTime MaxTime OverSubscribe
+OverTimeLimit PowerDownOnIdle PreemptMode PriorityJobFactor PriorityTier QOS TRESBillingWeights
+""".split())
+SLURMDBD_SETTINGS = frozenset("""
+AllowNoDefAcct CommitDelay DefaultQOS MaxQueryTimeRange PrivateData PurgeEventAfter PurgeJobAfter
+PurgeResvAfter PurgeStepAfter PurgeSuspendAfter PurgeTXNAfter PurgeUsageAfter
+""".split())
+CGROUP_SETTINGS = frozenset("""
+AllowedRAMSpace AllowedSwapSpace ConstrainCores ConstrainDevices ConstrainRAMSpace ConstrainSwapSpace
+MaxRAMPercent MaxSwapPercent MemorySwappiness MinRAMSpace
+""".split())
+
+# Names become Slurm node and partition names and directory names: the whole name must fit the model's
+# pattern, which the model only anchors at the start.
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]+")
+_SUBNET = re.compile(r"subnet-\w{8,17}")
+_LAUNCH_TEMPLATE_ID = re.compile(r"lt-[0-9a-z]{8,17}")
+_LAUNCH_TEMPLATE_VERSION = re.compile(r"[0-9]+|\$Latest|\$Default")
+_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+")
+_INSTANCE_PROFILE = re.compile(r"arn:aws[a-zA-Z-]{0,10}:iam::[0-9]{12}:instance-profile/(?P<path>.*/)?(?P<name>[^/]+)")
+
+
+def check_name(field: str, name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise field_error(field, f"Value '{name}' at '{field}' failed to satisfy constraint: Member must "
+                                 "start with a letter and contain only letters, digits and hyphens")
+
+
+def check_scheduler(scheduler: dict[str, Any]) -> None:
+    if scheduler["version"] not in SCHEDULER_VERSIONS:
+        raise field_error("scheduler.version",
+                          f"Slurm version '{scheduler['version']}' is not supported. "
+                          f"Supported versions: {', '.join(SCHEDULER_VERSIONS)}")
+
+
+def check_custom_settings(field: str, settings: Iterable[dict[str, str]], allowed: frozenset[str]) -> None:
+    """Only allowlisted parameters, each once, with a value that cannot break out of its config line."""
+    canonical = {name.lower(): name for name in allowed}
+    seen: set[str] = set()
+    problems: list[tuple[str, str]] = []
+    for index, setting in enumerate(settings, start=1):
+        where = f"{field}.{index}.member"
+        name, value = setting["parameterName"], setting["parameterValue"]
+        known = canonical.get(name.lower())
+        if known is None:
+            problems.append((f"{where}.parameterName", f"Parameter '{name}' is not allowed here. Allowed "
+                                                       f"parameters: {', '.join(sorted(allowed))}"))
+            continue
+        if known.lower() in seen:
+            problems.append((f"{where}.parameterName", f"Parameter '{known}' is given more than once"))
+        seen.add(known.lower())
+        if any(ch in value for ch in "\r\n\0") or not value.strip():
+            problems.append((f"{where}.parameterValue",
+                             f"The value of '{known}' must be non-empty and on a single line"))
+        elif known == "MinJobAge" and not (value.isdigit() and int(value) >= 5):
+            problems.append((f"{where}.parameterValue", "MinJobAge must be a whole number of at least 5"))
+    if problems:
+        raise validation_error(f"{len(problems)} validation error(s) detected: "
+                               + "; ".join(msg for _, msg in problems), problems)
+
+
+def check_cluster_slurm_configuration(config: dict[str, Any] | None, field: str = "slurmConfiguration") -> None:
+    if not config:
+        return
+    check_custom_settings(f"{field}.slurmCustomSettings", config.get("slurmCustomSettings") or [],
+                          CLUSTER_SLURM_SETTINGS)
+    check_custom_settings(f"{field}.slurmdbdCustomSettings", config.get("slurmdbdCustomSettings") or [],
+                          SLURMDBD_SETTINGS)
+    check_custom_settings(f"{field}.cgroupCustomSettings", config.get("cgroupCustomSettings") or [],
+                          CGROUP_SETTINGS)
+    purge = (config.get("accounting") or {}).get("defaultPurgeTimeInDays")
+    if purge == 0:
+        raise field_error(f"{field}.accounting.defaultPurgeTimeInDays",
+                          "defaultPurgeTimeInDays must be -1 (keep records forever) or at least 1")
+
+
+def check_subnets(field: str, subnet_ids: list[str]) -> None:
+    if not subnet_ids:
+        raise field_error(field, f"Value at '{field}' failed to satisfy constraint: "
+                                 "Member must have length greater than or equal to 1")
+    for index, subnet in enumerate(subnet_ids, start=1):
+        if not _SUBNET.fullmatch(subnet):
+            raise field_error(f"{field}.{index}.member", f"'{subnet}' is not a subnet id (subnet-xxxxxxxx)")
+
+
+def check_launch_template(template: dict[str, str]) -> None:
+    if not _LAUNCH_TEMPLATE_ID.fullmatch(template["id"]):
+        raise field_error("customLaunchTemplate.id",
+                          f"'{template['id']}' is not a launch template id (lt- followed by 8 to 17 "
+                          "lowercase letters and digits)")
+    if not _LAUNCH_TEMPLATE_VERSION.fullmatch(template["version"]):
+        raise field_error("customLaunchTemplate.version",
+                          f"'{template['version']}' is not a launch template version (a number, $Latest "
+                          "or $Default)")
+
+
+def check_instance_profile(arn: str) -> None:
+    match = _INSTANCE_PROFILE.fullmatch(arn)
+    if not match or not (match["name"].startswith("AWSPCS") or match["path"] == "/aws-pcs/"):
+        raise field_error("iamInstanceProfileArn",
+                          f"The instance profile '{arn}' cannot be used: its name must start with AWSPCS "
+                          "or its path must be /aws-pcs/")
+
+
+def check_instance_configs(configs: list[dict[str, str]]) -> None:
+    if not configs:
+        raise field_error("instanceConfigs", "Value at 'instanceConfigs' failed to satisfy constraint: "
+                                             "Member must have length greater than or equal to 1")
+    for index, config in enumerate(configs, start=1):
+        instance_type = config.get("instanceType") or ""
+        if not _INSTANCE_TYPE.fullmatch(instance_type):
+            raise field_error(f"instanceConfigs.{index}.member.instanceType",
+                              f"'{instance_type}' is not an instance type (for example c6i.xlarge)")
+
+
+def check_scaling(scaling: dict[str, int]) -> None:
+    if scaling["minInstanceCount"] > scaling["maxInstanceCount"]:
+        raise field_error("scalingConfiguration",
+                          f"minInstanceCount ({scaling['minInstanceCount']}) must not exceed "
+                          f"maxInstanceCount ({scaling['maxInstanceCount']})")
+
+
+def check_spot(purchase_option: str, spot_options: dict[str, Any] | None) -> None:
+    if spot_options and purchase_option != "SPOT":
+        raise field_error("spotOptions", f"spotOptions can only be set when purchaseOption is SPOT "
+                                         f"(it is {purchase_option})")
+
+
+def check_instance_quota(cluster: dict[str, Any], total_max_instances: int) -> None:
+    size = cluster["spec"]["size"]
+    limit = SIZE_INSTANCE_LIMITS[size]
+    if total_max_instances > limit:
+        raise quota_exceeded(
+            f"A {size} cluster manages at most {limit} instances; its node groups' maxInstanceCount would "
+            f"add up to {total_max_instances}. Lower maxInstanceCount or use a larger cluster size.",
+            quota_code="instances-per-cluster", resource_id=cluster["id"], resource_type="cluster")
+
+
+def check_count_quota(kind: str, count: int, limit: int, quota_code: str, cluster_id: str) -> None:
+    if count >= limit:
+        raise quota_exceeded(f"A cluster can have at most {limit} {kind}; cluster {cluster_id} has {count}. "
+                             f"Delete one before creating another.",
+                             quota_code=quota_code, resource_id=cluster_id, resource_type="cluster")
+
+
+def reject(message: str) -> ApiError:
+    return validation_error(message, reason="other")
