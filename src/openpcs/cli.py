@@ -40,10 +40,13 @@ def main() -> None:
 @click.option("--region", default=None, help=f"Region in ARNs, fixed at first start [default: {DEFAULT_REGION}].")
 @click.option("--max-clusters", default=DEFAULT_MAX_CLUSTERS, show_default=True, type=click.IntRange(1),
               help="How many clusters this service allows (PCS's default quota is 5).")
+@click.option("--reconcile/--no-reconcile", default=True, show_default=True,
+              help="Run the reconcilers. Turn off for an API-only server beside another one that runs them "
+                   "on the same --database.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str, port: int, data_dir: Path | None, database: str | None, region: str | None,
-          max_clusters: int, log_level: str) -> None:
+          max_clusters: int, reconcile: bool, log_level: str) -> None:
     """Run the API and the reconcilers in the foreground."""
     import uvicorn
 
@@ -55,7 +58,8 @@ def serve(host: str, port: int, data_dir: Path | None, database: str | None, reg
     service = Service(directory, database, region, max_clusters, url)
     (directory / "server.json").write_text(json.dumps({"url": url, "region": service.identity.region,
                                                        "pid": os.getpid()}) + "\n")
-    service.start()
+    if reconcile:
+        service.start()
     click.echo(f"openpcs {__version__} serving PCS on {url} (data dir {directory}, region "
                f"{service.identity.region}); client settings: eval \"$(openpcs env --data-dir {directory})\"",
                err=True)

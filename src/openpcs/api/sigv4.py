@@ -32,6 +32,7 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 _AMZ_DATE_RE = re.compile(r"\d{8}T\d{6}Z")
 _DATE_RE = re.compile(r"\d{8}")
+_CREDENTIAL_RE = re.compile(r"([^/\s]+)/(\d{8})/([^/\s]+)/([^/\s]+)/aws4_request")
 # Lower-case HTTP token characters (RFC 9110 tchar), ';'-separated.
 _SIGNED_HEADERS_RE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+(?:;[!#$%&'*+.^_`|~0-9a-z-]+)*")
 # What may be echoed back: short, printable, no spaces, and no long hex run (which could be a signature).
@@ -80,6 +81,29 @@ def _incomplete(problem: str, algorithm: str, params: Mapping[str, str]) -> Auth
     return AuthError("IncompleteSignatureException", problem + _echo(algorithm, params))
 
 
+def _credential_problem(credential: str) -> str:
+    """Why a Credential failed _CREDENTIAL_RE (off the hot path: only for the error message)."""
+    parts = credential.split("/")
+    if len(parts) != 5 or not all(parts) or any(c.isspace() for c in credential):
+        return "Credential must have the form <access key id>/<yyyymmdd>/<region>/<service>/aws4_request."
+    if parts[4] != "aws4_request":
+        return "Credential should be scoped with a valid terminator: 'aws4_request'."
+    return "Credential should be scoped to a date of the form yyyymmdd."
+
+
+def _parse_amz_date(amz_date: str) -> float | None:
+    """Unix time of an X-Amz-Date value (yyyyMMddTHHmmssZ), or None if it is not one."""
+    if not _AMZ_DATE_RE.fullmatch(amz_date):
+        return None
+    try:
+        return datetime(
+            int(amz_date[0:4]), int(amz_date[4:6]), int(amz_date[6:8]),
+            int(amz_date[9:11]), int(amz_date[11:13]), int(amz_date[13:15]), tzinfo=UTC,
+        ).timestamp()
+    except ValueError:  # e.g. month 13
+        return None
+
+
 def _canonical_uri(path: str) -> str:
     if path == "/" or not path:  # The only path an AWS JSON client ever sends.
         return "/"
@@ -112,6 +136,7 @@ class SigV4Verifier:
             f"{max_skew_seconds} sec."
         )
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
+        self._last_date: tuple[str, float] = ("", 0.0)
 
     def _signing_key(self, secret: str, date: str, region: str, service: str) -> bytes:
         cache_key = (secret, date, region, service)
@@ -119,7 +144,7 @@ class SigV4Verifier:
         if key is None:
             key = ("AWS4" + secret).encode()
             for part in (date, region, service, "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+                key = hmac.digest(key, part.encode(), "sha256")
             if len(self._keys) >= _KEY_CACHE_MAX:
                 self._keys.clear()
             self._keys[cache_key] = key
@@ -176,22 +201,10 @@ class SigV4Verifier:
             raise _incomplete("Signature must be 64 lower-case hexadecimal characters.", algorithm, params)
 
         credential = params["Credential"]
-        scope_parts = credential.split("/")
-        if len(scope_parts) != 5 or not all(scope_parts) or any(c.isspace() for c in credential):
-            raise _incomplete(
-                "Credential must have the form <access key id>/<yyyymmdd>/<region>/<service>/aws4_request.",
-                algorithm,
-                params,
-            )
-        access_key, cred_date, region, service, terminator = scope_parts
-        if terminator != "aws4_request":
-            raise _incomplete(
-                "Credential should be scoped with a valid terminator: 'aws4_request'.", algorithm, params
-            )
-        if not _DATE_RE.fullmatch(cred_date):
-            raise _incomplete(
-                "Credential should be scoped to a date of the form yyyymmdd.", algorithm, params
-            )
+        match = _CREDENTIAL_RE.fullmatch(credential)
+        if match is None:
+            raise _incomplete(_credential_problem(credential), algorithm, params)
+        access_key, cred_date, region, service = match.groups()
 
         signed_headers = params["SignedHeaders"]
         if not _SIGNED_HEADERS_RE.fullmatch(signed_headers):
@@ -208,17 +221,17 @@ class SigV4Verifier:
                 "Authorization header requires existence of a 'X-Amz-Date' header.", algorithm, params
             )
         amz_date = amz_date.strip()
-        try:
-            if not _AMZ_DATE_RE.fullmatch(amz_date):
-                raise ValueError
-            request_time = datetime(
-                int(amz_date[0:4]), int(amz_date[4:6]), int(amz_date[6:8]),
-                int(amz_date[9:11]), int(amz_date[11:13]), int(amz_date[13:15]), tzinfo=UTC,
-            ).timestamp()
-        except ValueError:
-            raise _incomplete(
-                "X-Amz-Date must be in ISO-8601 basic format (yyyyMMdd'T'HHmmss'Z').", algorithm, params
-            ) from None
+        last_date = self._last_date  # One read: another thread may replace it meanwhile.
+        if last_date[0] == amz_date:
+            request_time = last_date[1]
+        else:
+            request_time = _parse_amz_date(amz_date)
+            if request_time is None:
+                raise _incomplete(
+                    "X-Amz-Date must be in ISO-8601 basic format (yyyyMMdd'T'HHmmss'Z').", algorithm, params
+                )
+            # Concurrent requests mostly carry the same second; parsing a date costs as much as the HMAC.
+            self._last_date = (amz_date, request_time)
         if amz_date[:8] != cred_date:
             raise _incomplete(
                 "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
@@ -282,10 +295,10 @@ class SigV4Verifier:
             credential.partition("/")[2],  # The credential scope: date/region/service/aws4_request.
             hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
         ))
-        expected = hmac.new(
-            self._signing_key(secret, cred_date, region, service), string_to_sign.encode("utf-8"),
-            hashlib.sha256,
-        ).hexdigest()
+        # hmac.digest is the one-shot C path, faster than building an hmac.HMAC object.
+        expected = hmac.digest(
+            self._signing_key(secret, cred_date, region, service), string_to_sign.encode("utf-8"), "sha256"
+        ).hex()
         if not hmac.compare_digest(expected, signature):
             raise AuthError("InvalidSignatureException", _MISMATCH)
         return access_key

@@ -42,7 +42,8 @@ class Reconciler:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def wake(self) -> None:
         self._wake.set()

@@ -162,14 +162,13 @@ def check_spot(purchase_option: str, spot_options: dict[str, Any] | None) -> Non
                                          f"(it is {purchase_option})")
 
 
-def check_instance_quota(cluster: dict[str, Any], total_max_instances: int) -> None:
-    size = cluster["spec"]["size"]
+def check_instance_quota(size: str, cluster_id: str, total_max_instances: int) -> None:
     limit = SIZE_INSTANCE_LIMITS[size]
     if total_max_instances > limit:
         raise quota_exceeded(
             f"A {size} cluster manages at most {limit} instances; its node groups' maxInstanceCount would "
             f"add up to {total_max_instances}. Lower maxInstanceCount or use a larger cluster size.",
-            quota_code="instances-per-cluster", resource_id=cluster["id"], resource_type="cluster")
+            quota_code="instances-per-cluster", resource_id=cluster_id, resource_type="cluster")
 
 
 def check_count_quota(kind: str, count: int, limit: int, quota_code: str, cluster_id: str) -> None:

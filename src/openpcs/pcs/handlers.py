@@ -295,7 +295,7 @@ class PcsHandlers:
         total = spec["scalingConfiguration"]["maxInstanceCount"] + sum(
             group.spec["scalingConfiguration"]["maxInstanceCount"]
             for group in rows.children(conn, cluster.id, ids.NODE_GROUP) if group.id != exclude)
-        rules.check_instance_quota(cluster, total)
+        rules.check_instance_quota(cluster.spec["size"], cluster.id, total)
 
     def _check_queue(self, conn: Connection, cluster: Resource, spec: dict[str, Any]) -> None:
         rules.check_custom_settings("slurmConfiguration.slurmCustomSettings",

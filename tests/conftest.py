@@ -1,0 +1,213 @@
+"""Test harness: a real `openpcs serve` on a free loopback port, driven by unmodified boto3 and AWS CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pgserver import PostgresServer, postgres_available  # noqa: E402
+
+SUBNET = "subnet-0123456789abcdef0"
+PROFILE_ARN = "arn:aws:iam::123456789012:instance-profile/AWSPCS-test"
+LAUNCH_TEMPLATE = {"id": "lt-0123456789abcdef0", "version": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class OpenPcs:
+    """One `openpcs serve` process, started and stopped by PID."""
+
+    def __init__(self, data_dir: Path, database: str | None = None, *extra: str) -> None:
+        self.data_dir, self.database, self.extra = data_dir, database, list(extra)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
+
+    def start(self) -> OpenPcs:
+        command = [sys.executable, "-m", "openpcs", "serve", "--port", str(self.port),
+                   "--data-dir", str(self.data_dir), *self.extra]
+        if self.database:
+            command += ["--database", self.database]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"openpcs serve exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"openpcs serve did not listen within 30 s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def credentials(self) -> dict[str, str]:
+        import configparser
+
+        config = configparser.ConfigParser()
+        config.read(self.data_dir / "credentials")
+        return dict(config["openpcs"])
+
+    def client(self, service: str = "pcs", **overrides: str):
+        creds = self.credentials()
+        return boto3.client(
+            service, endpoint_url=self.url, region_name=creds["region"],
+            aws_access_key_id=overrides.get("access_key", creds["aws_access_key_id"]),
+            aws_secret_access_key=overrides.get("secret_key", creds["aws_secret_access_key"]),
+            config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=30))
+
+    def cli_env(self) -> dict[str, str]:
+        exports = subprocess.run([sys.executable, "-m", "openpcs", "env", "--data-dir", str(self.data_dir)],
+                                 check=True, capture_output=True, text=True).stdout
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        for line in exports.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            env[name] = value.strip("'")
+        return env
+
+    def aws(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(["aws", "--output", "json", *args], env=self.cli_env(), capture_output=True,
+                                text=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"aws {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def aws_json(self, *args: str) -> dict:
+        return json.loads(self.aws(*args).stdout or "{}")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    if not postgres_available():
+        pytest.fail("PostgreSQL is not installed; .ci/run installs it (apt-get install postgresql)")
+    with PostgresServer() as server:  # started on entry, stopped by PID on exit
+        yield server
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def openpcs(request, tmp_path_factory, postgres_url_factory) -> Iterator[OpenPcs]:
+    """A running openpcs, once on each store engine."""
+    data_dir = tmp_path_factory.mktemp("openpcs") / "data"
+    database = postgres_url_factory() if request.param == "postgresql" else None
+    server = OpenPcs(data_dir, database, "--max-clusters", "1000").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres_url_factory(request) -> Callable[[], str]:
+    def make() -> str:
+        server = request.getfixturevalue("postgres")
+        return server.create_database("t" + uuid.uuid4().hex[:12])
+    return make
+
+
+@pytest.fixture
+def pcs(openpcs: OpenPcs):
+    return openpcs.client()
+
+
+def unique(prefix: str = "c") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(fetch: Callable[[], dict], key: str, statuses: tuple[str, ...], timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        item = fetch()[key]
+        if item["status"] in statuses:
+            return item
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{key} stayed {item['status']}, expected one of {statuses}")
+        time.sleep(0.05)
+
+
+def wait_gone(fetch: Callable[[], dict], exception: type[Exception], timeout: float = 15.0) -> None:
+    """Wait until fetching a resource raises `exception` (ResourceNotFoundException once it is deleted)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fetch()
+        except exception:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the resource was not deleted in time")
+
+
+def create_cluster(pcs, name: str | None = None, wait: bool = True, **extra) -> dict:
+    params = {"clusterName": name or unique(), "scheduler": {"type": "SLURM", "version": "24.11"},
+              "size": "SMALL", "networking": {"subnetIds": [SUBNET]}, **extra}
+    cluster = pcs.create_cluster(**params)["cluster"]
+    if wait:
+        cluster = wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("ACTIVE",))
+    return cluster
+
+
+def node_group_params(cluster_id: str, name: str | None = None, min_count: int = 0, max_count: int = 4,
+                      **extra) -> dict:
+    return {"clusterIdentifier": cluster_id, "computeNodeGroupName": name or unique("g"),
+            "subnetIds": [SUBNET], "customLaunchTemplate": LAUNCH_TEMPLATE, "iamInstanceProfileArn": PROFILE_ARN,
+            "scalingConfiguration": {"minInstanceCount": min_count, "maxInstanceCount": max_count},
+            "instanceConfigs": [{"instanceType": "c6i.xlarge"}], **extra}
+
+
+def create_node_group(pcs, cluster_id: str, wait: bool = True, **kwargs) -> dict:
+    group = pcs.create_compute_node_group(**node_group_params(cluster_id, **kwargs))["computeNodeGroup"]
+    if wait:
+        group = wait_for(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster_id,
+                                                            computeNodeGroupIdentifier=group["id"]),
+                         "computeNodeGroup", ("ACTIVE",))
+    return group
+
+
+def create_queue(pcs, cluster_id: str, group_ids: list[str], name: str | None = None, wait: bool = True,
+                 **extra) -> dict:
+    queue = pcs.create_queue(clusterIdentifier=cluster_id, queueName=name or unique("q"),
+                             computeNodeGroupConfigurations=[{"computeNodeGroupId": g} for g in group_ids],
+                             **extra)["queue"]
+    if wait:
+        queue = wait_for(lambda: pcs.get_queue(clusterIdentifier=cluster_id, queueIdentifier=queue["id"]),
+                         "queue", ("ACTIVE",))
+    return queue
+
+
+def error_of(excinfo) -> dict:
+    """The parsed error response of a botocore ClientError."""
+    return excinfo.value.response
