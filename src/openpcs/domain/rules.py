@@ -53,6 +53,7 @@ _SUBNET = re.compile(r"subnet-\w{8,17}")
 _LAUNCH_TEMPLATE_ID = re.compile(r"lt-[0-9a-z]{8,17}")
 _LAUNCH_TEMPLATE_VERSION = re.compile(r"[0-9]+|\$Latest|\$Default")
 _INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+")
+# The ARN carries an IAM path without its leading slash: instance-profile/aws-pcs/NAME has path /aws-pcs/.
 _INSTANCE_PROFILE = re.compile(r"arn:aws[a-zA-Z-]{0,10}:iam::[0-9]{12}:instance-profile/(?P<path>.*/)?(?P<name>[^/]+)")
 
 
@@ -132,7 +133,7 @@ def check_launch_template(template: dict[str, str]) -> None:
 
 def check_instance_profile(arn: str) -> None:
     match = _INSTANCE_PROFILE.fullmatch(arn)
-    if not match or not (match["name"].startswith("AWSPCS") or match["path"] == "/aws-pcs/"):
+    if not match or not (match["name"].startswith("AWSPCS") or match["path"] == "aws-pcs/"):
         raise field_error("iamInstanceProfileArn",
                           f"The instance profile '{arn}' cannot be used: its name must start with AWSPCS "
                           "or its path must be /aws-pcs/")
