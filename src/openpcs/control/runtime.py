@@ -109,18 +109,26 @@ class Runtime:
     def converge_node_group(self, cluster: Resource, group: Resource) -> dict[str, Any]:
         """Keep minInstanceCount instances issued, named <group name>-<n> with the lowest free n."""
         wanted = group.spec["scalingConfiguration"]["minInstanceCount"]
-        with self.store.write() as conn:
-            current = instance_rows.of_node_group(conn, group.id)
-            by_index = sorted(current, key=lambda i: _node_index(i.node_name))
-            surplus = by_index[wanted:]
-            instance_rows.terminate(conn, [i.id for i in surplus])
-            used = {_node_index(i.node_name) for i in by_index[:wanted]}
-            free = (n for n in range(1, wanted + len(current) + 2) if n not in used)
-            for _ in range(wanted - len(current) + len(surplus)):
-                instance, bootstrap_id = instance_rows.launch(conn, cluster.id, group.id,
-                                                              f"{group.name}-{next(free)}")
-                self._guard("write the instance's bootstrap data",
-                            lambda i=instance, b=bootstrap_id: self._write_bootstrap(cluster, i, b))
+        written: list[str] = []
+        try:
+            with self.store.write() as conn:
+                current = instance_rows.of_node_group(conn, group.id)
+                by_index = sorted(current, key=lambda i: _node_index(i.node_name))
+                surplus = by_index[wanted:]
+                instance_rows.terminate(conn, [i.id for i in surplus])
+                used = {_node_index(i.node_name) for i in by_index[:wanted]}
+                free = (n for n in range(1, wanted + len(current) + 2) if n not in used)
+                for _ in range(wanted - len(current) + len(surplus)):
+                    instance, bootstrap_id = instance_rows.launch(conn, cluster.id, group.id,
+                                                                  f"{group.name}-{next(free)}")
+                    written.append(instance.id)
+                    self._guard("write the instance's bootstrap data",
+                                lambda i=instance, b=bootstrap_id: self._write_bootstrap(cluster, i, b))
+        except BaseException:
+            # The transaction rolled back: take back the files of instances that were never recorded.
+            for instance_id in written:
+                shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
+            raise
         for instance in surplus:
             shutil.rmtree(self.instance_dir(instance.id), ignore_errors=True)
         state = dict(group.state)
