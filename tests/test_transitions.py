@@ -87,7 +87,7 @@ def test_rules_while_in_transition_and_recovery_after_restart(tmp_path, store_ur
         server.stop()
 
 
-def test_cluster_update_in_progress_refuses_another(tmp_path):
+def test_update_in_progress_refuses_another_and_finishes_after_kill9(tmp_path):
     data = tmp_path / "data"
     server = OpenPcs(data).start()
     try:
@@ -108,4 +108,14 @@ def test_cluster_update_in_progress_refuses_another(tmp_path):
         group = create_node_group(pcs, fresh["id"], wait=False)
         assert group["status"] == "CREATING"
     finally:
-        frozen.stop()
+        frozen.kill9()
+    server = OpenPcs(data).start()
+    try:
+        pcs = server.client()
+        updated = wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("ACTIVE",))
+        assert updated["slurmConfiguration"]["scaleDownIdleTimeInSeconds"] == 60
+        wait_for(lambda: pcs.get_compute_node_group(clusterIdentifier=fresh["id"],
+                                                    computeNodeGroupIdentifier=group["id"]),
+                 "computeNodeGroup", ("ACTIVE",))
+    finally:
+        server.stop()
