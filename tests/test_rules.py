@@ -112,6 +112,8 @@ def test_allowed_custom_settings_are_accepted(openpcs):
      "must start with AWSPCS"),
     ({"iamInstanceProfileArn": "arn:aws:iam::123456789012:role/AWSPCS-role"}, "iamInstanceProfileArn",
      "regular expression"),
+    ({"scalingConfiguration": {"minInstanceCount": 0, "maxInstanceCount": 2**40}},
+     "scalingConfiguration.maxInstanceCount", "32-bit integer"),
     ({"amiId": "img-123"}, "amiId", "regular expression"),
     ({"subnetIds": ["subnet-1"]}, "subnetIds.1.member", "not a subnet id"),
     ({"customLaunchTemplate": {"id": "template", "version": "1"}}, "customLaunchTemplate.id", "launch template id"),

@@ -98,13 +98,22 @@ def credentials() -> None:
     """Manage the access keys the service accepts."""
 
 
+def _key_store(data_dir: Path | None, database: str | None):
+    """The store of an existing openpcs; never a new, empty one that no server reads (e.g. a mistyped dir)."""
+    directory = _data_dir(data_dir)
+    if database is None and not (directory / "openpcs.db").exists():
+        raise click.ClickException(f"No openpcs data in {directory}. Pass the --data-dir (and --database) that "
+                                   "'openpcs serve' uses, or start it once to create them.")
+    return open_store(directory, database)
+
+
 @credentials.command("create")
 @data_dir_option
 @database_option
 @click.option("--description", default="", help="What the key is for.")
 def credentials_create(data_dir: Path | None, database: str | None, description: str) -> None:
     """Create an access key; prints it once, as a credentials-file profile."""
-    store = open_store(_data_dir(data_dir), database)
+    store = _key_store(data_dir, database)
     key = create_key(store, description)
     region = identity(store, None).region
     click.echo(f"[{PROFILE}-{key.access_key_id.lower()}]\naws_access_key_id = {key.access_key_id}\n"
@@ -116,7 +125,7 @@ def credentials_create(data_dir: Path | None, database: str | None, description:
 @database_option
 def credentials_list(data_dir: Path | None, database: str | None) -> None:
     """List access keys (never their secrets)."""
-    for key in list_keys(open_store(_data_dir(data_dir), database)):
+    for key in list_keys(_key_store(data_dir, database)):
         state = "revoked" if key.revoked_at else "active"
         click.echo(f"{key.access_key_id}\t{state}\t{key.description}")
 
@@ -127,7 +136,7 @@ def credentials_list(data_dir: Path | None, database: str | None) -> None:
 @click.argument("access_key_id")
 def credentials_revoke(data_dir: Path | None, database: str | None, access_key_id: str) -> None:
     """Revoke an access key: requests signed with it are refused within a second."""
-    if not revoke_key(open_store(_data_dir(data_dir), database), access_key_id):
+    if not revoke_key(_key_store(data_dir, database), access_key_id):
         click.echo(f"No active access key {access_key_id}; see 'openpcs credentials list'.", err=True)
         sys.exit(1)
     click.echo(f"Revoked {access_key_id}.")

@@ -23,6 +23,10 @@ IDEMPOTENCY_WINDOW_SECONDS = 8 * 3600
 READ_PREFIXES = ("Get", "List", "Describe")
 
 
+def is_read(operation: OperationModel) -> bool:
+    return operation.name.startswith(READ_PREFIXES)
+
+
 def _token_member(operation: OperationModel) -> str | None:
     shape = operation.input_shape
     if shape is None:
@@ -42,7 +46,7 @@ class Dispatcher:
 
     def call(self, operation: OperationModel, params: dict[str, Any]) -> dict[str, Any]:
         handler = getattr(self.handlers, operation.name)
-        if operation.name.startswith(READ_PREFIXES):
+        if is_read(operation):
             with self.store.read() as conn:
                 return handler(conn, params)
         token_member = _token_member(operation)

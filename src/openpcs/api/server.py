@@ -2,8 +2,11 @@
 
 POST / with `X-Amz-Target: <targetPrefix>.<Operation>`: read the body (bounded in size and time), check
 the SigV4 signature, find the operation in the model, parse and validate the input against it, run the
-handler, and shape the output by the model. Every response carries `x-amzn-RequestId` and every request
-leaves one structured log line; neither ever carries a secret or a stack trace.
+handler, and shape the output by the model. Reads run on the event loop; writes, which may wait for the
+store's write lock, run on one worker thread so that they never stall the loop. Every response carries
+`x-amzn-RequestId` and every request leaves one structured log line; neither ever carries a secret or a
+stack trace. A request refused before its whole body arrived (413, 408) is answered with
+`Connection: close`: the rest of its body may still be on the wire.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import logging
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, is_read
 from .errors import ApiError, internal_error
 from .model import Service
 from .serialize import shape_output
@@ -54,6 +58,10 @@ class ApiApp:
     def __init__(self, frontends: list[Frontend], verifier: SigV4Verifier) -> None:
         self.frontends = {f.service.target_prefix: f for f in frontends}
         self.verifier = verifier
+        # Writes wait for the store's write lock (BEGIN IMMEDIATE, or PostgreSQL's advisory lock), which a
+        # reconciler or another process may hold for a while: they run on this one thread, in arrival order,
+        # so that the event loop keeps answering reads (which never wait for a writer) meanwhile.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openpcs-api-write")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -62,18 +70,26 @@ class ApiApp:
         request_id = str(uuid.uuid4())
         operation_name, caller, status, code = "-", "-", 200, None
         content_type = "application/x-amz-json-1.0"
+        body_read = False
         try:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             body = await self._read_body(headers, receive)
+            body_read = True
             if scope["method"] != "POST" or scope["path"] != "/":
                 raise _Refused(404, "UnknownOperationException",
                                "This endpoint answers AWS JSON requests: POST / with an X-Amz-Target header.")
-            target = headers.get("x-amz-target", "")
+            target = headers.get("x-amz-target", "").strip()
             prefix, _, operation_name = target.partition(".")
             frontend = self.frontends.get(prefix)
             content_type = frontend.service.content_type if frontend else content_type
             caller = self._authenticate(scope, headers, body)
             operation = frontend.service.operation(operation_name) if frontend else None
+            if not target:
+                operation_name = "-"
+                raise ApiError("ValidationException",
+                               "Missing X-Amz-Target header. AWS JSON requests name their operation in it, e.g. "
+                               f"X-Amz-Target: {next(iter(self.frontends))}.ListClusters.",
+                               reason="unknownOperation")
             if operation is None:
                 raise ApiError("ValidationException",
                                f"Unknown operation {target!r}. The X-Amz-Target header must name an operation "
@@ -84,7 +100,11 @@ class ApiApp:
                                f"supported; send {frontend.service.content_type}.", reason="cannotParse")
             params = self._parse(body)
             validate(operation.input_shape, params)
-            result = frontend.dispatcher.call(operation, params)
+            if is_read(operation):
+                result = frontend.dispatcher.call(operation, params)
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._writer, frontend.dispatcher.call, operation, params)
             payload = orjson.dumps(shape_output(operation.output_shape, result))
         except (ApiError, _Refused) as exc:
             error = exc if isinstance(exc, ApiError) else exc.error
@@ -104,9 +124,15 @@ class ApiApp:
                             (b"x-amzn-requestid", request_id.encode())]
         if code:
             response_headers.append((b"x-amzn-errortype", code.encode()))
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": payload})
-        self._log(request_id, operation_name, caller, status, code, started)
+        if not body_read:
+            # Refused before the whole body arrived (too large, too slow): the rest of it may still be on
+            # the wire, so this connection cannot carry another request. Close it once answered.
+            response_headers.append((b"connection", b"close"))
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": response_headers})
+            await send({"type": "http.response.body", "body": payload})
+        finally:
+            self._log(request_id, operation_name, caller, status, code, started)
 
     async def _read_body(self, headers: dict[str, str], receive: Any) -> bytes:
         declared = headers.get("content-length")

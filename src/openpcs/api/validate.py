@@ -30,6 +30,9 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "blob": (str,),
 }
 
+# Smithy's integer is 32-bit and long 64-bit; JSON numbers beyond them cannot be parsed into the shape.
+_INTEGER_BITS = {"integer": 32, "long": 64}
+
 
 @cache
 def _pattern(expr: str) -> re.Pattern[str]:
@@ -56,7 +59,13 @@ class _Walk:
         if not isinstance(value, expected) or (kind in ("integer", "long", "double", "float")
                                                 and isinstance(value, bool)):
             self.unparsable = True
-            self.fail(path, f"Value at '{path}' failed to satisfy constraint: Member must be a {kind}")
+            article = "an" if kind[0] in "aeiou" else "a"
+            self.fail(path, f"Value at '{path}' failed to satisfy constraint: Member must be {article} {kind}")
+            return
+        if kind in _INTEGER_BITS and not -(2 ** (_INTEGER_BITS[kind] - 1)) <= value < 2 ** (_INTEGER_BITS[kind] - 1):
+            self.unparsable = True
+            self.fail(path, f"Value '{value}' at '{path}' failed to satisfy constraint: Member must be "
+                            f"a {_INTEGER_BITS[kind]}-bit {kind}")
             return
         getattr(self, "_" + kind, self._scalar)(shape, value, path)
 

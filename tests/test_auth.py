@@ -1,0 +1,240 @@
+"""Authentication against a real `openpcs serve`: SigV4 as boto3 and the AWS CLI send it, and access keys."""
+
+from __future__ import annotations
+
+import configparser
+import datetime as dt
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import boto3
+import botocore
+import botocore.auth
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from conftest import OpenPcs
+
+FIFTEEN_MINUTES = dt.timedelta(minutes=15)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[OpenPcs]:
+    """One SQLite-backed openpcs for the whole module: the store engine does not matter to auth."""
+    running = OpenPcs(tmp_path_factory.mktemp("auth") / "data").start()
+    yield running
+    running.stop()
+
+
+def client(server: OpenPcs, access_key: str, secret_key: str, **config: object):
+    return boto3.client("pcs", endpoint_url=server.url, region_name=server.credentials()["region"],
+                        aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                        config=Config(retries={"max_attempts": 1}, **config))
+
+
+def refusal(call) -> dict:
+    """The error of a call that must be refused as AWS refuses unauthenticated requests."""
+    with pytest.raises(ClientError) as excinfo:
+        call()
+    response = excinfo.value.response
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 403, response
+    assert response["ResponseMetadata"]["RequestId"]
+    return response["Error"]
+
+
+def openpcs_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "openpcs", *args], capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"openpcs {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+def signing_clock(offset: dt.timedelta):
+    """botocore signs with this time: the caller's clock `offset` away from the server's."""
+    return mock.patch.object(botocore.auth, "get_current_datetime",
+                             lambda *args, **kwargs: dt.datetime.now(dt.UTC).replace(tzinfo=None) + offset)
+
+
+# --- Refusals -------------------------------------------------------------------------------------------
+
+def test_an_unsigned_request_is_refused(server):
+    unsigned = client(server, "x", "y", signature_version=botocore.UNSIGNED)
+    error = refusal(unsigned.list_clusters)
+    assert error["Code"] == "MissingAuthenticationTokenException"
+    assert error["Message"]
+
+
+def test_a_wrong_secret_is_refused(server):
+    creds = server.credentials()
+    wrong = server.client(secret_key=creds["aws_secret_access_key"][::-1])
+    error = refusal(wrong.list_clusters)
+    assert error["Code"] == "InvalidSignatureException"
+    assert "signature" in error["Message"].lower()
+
+
+def test_an_unknown_access_key_is_refused(server):
+    stranger = server.client(access_key="AKOPAAAAAAAAAAAAAAAA")
+    error = refusal(stranger.list_clusters)
+    assert error["Code"] == "UnrecognizedClientException"
+    assert error["Message"]
+
+
+def test_a_body_changed_after_signing_is_refused(server):
+    pcs = server.client()
+
+    def tamper(request, **_):
+        request.body = b'{"maxResults": 7}'
+        request.headers["Content-Length"] = str(len(request.body))
+
+    pcs.meta.events.register("before-send.pcs.ListClusters", tamper)
+    error = refusal(pcs.list_clusters)
+    assert error["Code"] == "InvalidSignatureException"
+
+
+@pytest.mark.parametrize("offset, words", [(-(FIFTEEN_MINUTES + dt.timedelta(minutes=1)), "Signature expired"),
+                                           (FIFTEEN_MINUTES + dt.timedelta(minutes=1), "Signature not yet current")])
+def test_a_skewed_clock_over_15_minutes_is_refused(server, offset, words):
+    pcs = server.client()
+    with signing_clock(offset):
+        error = refusal(pcs.list_clusters)
+    assert error["Code"] == "InvalidSignatureException"
+    assert words in error["Message"]
+
+
+@pytest.mark.parametrize("offset", [dt.timedelta(minutes=-14), dt.timedelta(minutes=14)])
+def test_a_skewed_clock_within_15_minutes_is_accepted(server, offset):
+    pcs = server.client()
+    with signing_clock(offset):
+        assert pcs.list_clusters()["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def test_refused_requests_leave_no_secret_in_the_log(server):
+    creds = server.credentials()
+    refusal(server.client(secret_key=creds["aws_secret_access_key"][::-1]).list_clusters)
+    server.client().list_clusters()
+    time.sleep(0.2)
+    log = server.log()
+    assert creds["aws_access_key_id"] in log  # Who called is logged ...
+    assert creds["aws_secret_access_key"] not in log  # ... never their secret,
+    assert creds["aws_secret_access_key"][::-1] not in log  # not even a wrong one,
+    assert "Signature=" not in log  # nor the signature.
+
+
+# --- The credentials file -------------------------------------------------------------------------------
+
+def test_serve_writes_a_private_credentials_file(server):
+    path = server.data_dir / "credentials"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    config = configparser.ConfigParser()
+    config.read(path)
+    profile = config["openpcs"]
+    assert set(profile) >= {"aws_access_key_id", "aws_secret_access_key", "region"}
+    assert profile["aws_access_key_id"] and len(profile["aws_secret_access_key"]) >= 32
+    assert profile["region"] == "us-east-1"
+    assert server.client().list_clusters()["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+# --- `openpcs credentials` ------------------------------------------------------------------------------
+
+def created_key(server: OpenPcs, description: str) -> tuple[str, str]:
+    output = openpcs_cli("credentials", "create", "--data-dir", str(server.data_dir),
+                         "--description", description).stdout
+    config = configparser.ConfigParser()
+    config.read_string(output)
+    (section,) = config.sections()
+    return config[section]["aws_access_key_id"], config[section]["aws_secret_access_key"]
+
+
+def test_a_created_key_works_at_once_and_a_revoked_one_stops(server):
+    access_key, secret_key = created_key(server, "for a test")
+    assert access_key != server.credentials()["aws_access_key_id"]
+    pcs = client(server, access_key, secret_key)
+    assert pcs.list_clusters()["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+    revoked = openpcs_cli("credentials", "revoke", "--data-dir", str(server.data_dir), access_key)
+    assert access_key in revoked.stdout
+    deadline = time.monotonic() + 2.5
+    while True:
+        try:
+            pcs.list_clusters()
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "UnrecognizedClientException"
+            break
+        assert time.monotonic() < deadline, "a revoked key still works after 2.5 s"
+        time.sleep(0.1)
+    # The service's own key is untouched.
+    assert server.client().list_clusters()["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def test_credentials_list_shows_keys_but_never_a_secret(server):
+    access_key, secret_key = created_key(server, "listed")
+    openpcs_cli("credentials", "revoke", "--data-dir", str(server.data_dir), access_key)
+    output = openpcs_cli("credentials", "list", "--data-dir", str(server.data_dir)).stdout
+    default = server.credentials()
+    assert default["aws_access_key_id"] in output
+    assert access_key in output
+    line = next(line for line in output.splitlines() if access_key in line)
+    assert "revoked" in line and "listed" in line
+    assert secret_key not in output
+    assert default["aws_secret_access_key"] not in output
+
+
+def test_revoking_an_unknown_key_fails_clearly(server):
+    result = openpcs_cli("credentials", "revoke", "--data-dir", str(server.data_dir), "AKOPNOSUCHKEY0000000",
+                         check=False)
+    assert result.returncode != 0
+    assert "AKOPNOSUCHKEY0000000" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_revoking_a_key_twice_fails_clearly(server):
+    access_key, _ = created_key(server, "twice")
+    openpcs_cli("credentials", "revoke", "--data-dir", str(server.data_dir), access_key)
+    result = openpcs_cli("credentials", "revoke", "--data-dir", str(server.data_dir), access_key, check=False)
+    assert result.returncode != 0
+    assert access_key in result.stderr
+
+
+def test_credentials_commands_refuse_a_data_dir_without_openpcs(tmp_path):
+    missing = tmp_path / "typo"
+    for args in (["create"], ["list"], ["revoke", "AKOPAAAAAAAAAAAAAAAA"]):
+        result = openpcs_cli("credentials", *args, "--data-dir", str(missing), check=False)
+        assert result.returncode != 0
+        assert str(missing) in result.stderr and "Traceback" not in result.stderr
+    assert not missing.exists()  # No new, empty store that no server would read.
+
+
+# --- The AWS CLI ----------------------------------------------------------------------------------------
+
+def test_the_aws_cli_works_with_openpcs_env(server):
+    assert "clusters" in server.aws_json("pcs", "list-clusters")
+
+
+def test_the_aws_cli_fails_clearly_with_an_altered_secret(server, tmp_path):
+    original = server.data_dir / "credentials"
+    config = configparser.ConfigParser()
+    config.read(original)
+    config["openpcs"]["aws_secret_access_key"] = config["openpcs"]["aws_secret_access_key"][::-1]
+    altered = tmp_path / "credentials"
+    with altered.open("w") as handle:
+        config.write(handle)
+    env = server.cli_env()
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(altered)
+    result = subprocess.run(["aws", "--output", "json", "pcs", "list-clusters"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "InvalidSignatureException" in result.stderr
+    assert "signature" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+
+
+def test_the_cli_env_points_at_the_service_files(server):
+    env = server.cli_env()
+    assert Path(env["AWS_SHARED_CREDENTIALS_FILE"]) == (server.data_dir / "credentials").resolve()
+    assert env["AWS_PROFILE"] == "openpcs"
+    assert env["AWS_ENDPOINT_URL_PCS"] == server.url
