@@ -32,6 +32,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -146,6 +147,7 @@ class Target:
     headers: dict[str, str]
     body: bytes
     check: Callable[[dict[str, Any]], bool]
+    pid: int             # the server process, whose CPU time is sampled around each run
 
 
 def sign(url: str, service: str, target: str, content_type: str, payload: dict[str, Any],
@@ -201,6 +203,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     requests: int
+    server_cpu_us: float  # server CPU time (user + system, all threads) per request, in microseconds
+    others_cpu: float     # CPUs' worth of time used by anything but the server and wrk during the run
     errors: str = ""
 
 
@@ -214,10 +218,37 @@ def _latency_ms(output: str, percentile: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds over all CPUs since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(values[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return (total - values[3] - values[4]) / _TICK, total / _TICK
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_wrk(wrk: str, target: Target, script: Path, connections: int, threads: int, seconds: float) -> Result:
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", "--latency",
             "-s", str(script), target.url + "/"]
+    busy0, _ = _machine_cpu()
+    server0, wrk0, elapsed0 = _process_cpu(target.pid), _children_cpu(), time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    busy1, _ = _machine_cpu()
+    server_cpu, wrk_cpu = _process_cpu(target.pid) - server0, _children_cpu() - wrk0
+    elapsed = time.monotonic() - elapsed0
+    others = max(0.0, (busy1 - busy0) - server_cpu - wrk_cpu) / elapsed
     output = done.stdout
     if done.returncode != 0:
         raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr}\n{output}")
@@ -229,7 +260,8 @@ def run_wrk(wrk: str, target: Target, script: Path, connections: int, threads: i
         if match:
             problems.append(match.group(0))
     return Result(target.server, target.operation, target.kind, connections, rps, _latency_ms(output, "50"),
-                  _latency_ms(output, "99"), requests, "; ".join(problems))
+                  _latency_ms(output, "99"), requests, server_cpu / max(requests, 1) * 1e6, others,
+                  "; ".join(problems))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,7 +296,7 @@ def start_moto(started: Started, work: Path, service: str, clusters: int) -> lis
     targets = []
     for kind, (operation, payload, check) in (("get", get), ("list", lst)):
         headers, body = sign(url, service, f"{prefix}.{operation}", ctype, payload, MOTO_KEY)
-        targets.append(Target(label, operation, kind, url, headers, body, check))
+        targets.append(Target(label, operation, kind, url, headers, body, check, proc.pid))
     return targets
 
 
@@ -313,8 +345,47 @@ def start_openpcs(started: Started, work: Path, data_dir: Path, clusters: int, l
         ("list", "ListClusters", {}, lambda r: len(r.get("clusters", [])) == clusters),
     ):
         headers, body = sign(url, "pcs", f"{prefix}.{operation}", ctype, payload, key)
-        targets.append(Target(label, operation, kind, url, headers, body, check))
+        targets.append(Target(label, operation, kind, url, headers, body, check, proc.pid))
     return proc, targets
+
+
+_BASELINE_APP = """
+import sys
+
+import orjson
+import uvicorn
+
+BODY = orjson.dumps({"cluster": {"name": "bench", "id": "pcs_0123456789", "status": "ACTIVE"}})
+HEADERS = [(b"content-type", b"application/x-amz-json-1.0"), (b"content-length", str(len(BODY)).encode())]
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+# The same uvicorn settings as `openpcs serve`.
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools", lifespan="off",
+            access_log=False, log_level="warning", timeout_keep_alive=30)
+"""
+
+
+def start_baseline(started: Started, work: Path) -> list[Target]:
+    """A do-nothing ASGI app on uvicorn as openpcs configures it: the ceiling for any app on this stack."""
+    port = free_port()
+    log, app = work / "baseline.log", work / "baseline_app.py"
+    app.write_text(_BASELINE_APP)
+    proc = started.spawn("baseline", [sys.executable, str(app), str(port)], log)
+    wait_for_port(port, proc, "baseline uvicorn app", log)
+    url = f"http://127.0.0.1:{port}"
+    headers, body = sign(url, "pcs", "AWSParallelComputingService.GetCluster", "application/x-amz-json-1.0",
+                         {"clusterIdentifier": "bench"}, ("AKIDEXAMPLE", "secret"))
+    return [Target("uvicorn hello-world", "fixed JSON", "get", url, headers, body,
+                   lambda r: r.get("cluster", {}).get("name") == "bench", proc.pid)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -331,23 +402,25 @@ def measure(wrk: str, targets: list[Target], work: Path, seconds: float, results
             result = run_wrk(wrk, target, script, connections, threads, seconds)
             results.append(result)
             print(f"  {result.server:<22} {result.operation:<17} c={connections}  {result.rps:>9.0f} req/s  "
-                  f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+                  f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+                  f"server {result.server_cpu_us:5.0f} us CPU/req  others {result.others_cpu:.2f} CPU"
                   + (f"  [{result.errors}]" if result.errors else ""), file=sys.stderr, flush=True)
 
 
 def report(results: list[Result], moto_label: str) -> bool:
     moto = {(r.kind, r.connections): r for r in results if r.server == moto_label}
     header = f"{'server':<22} {'operation':<17} {'conns':>5} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} " \
-             f"{'vs moto':>8}"
+             f"{'vs moto':>8} {'CPU us/req':>10}"
     print()
     print(header)
     print("-" * len(header))
     order = {"get": 0, "list": 1}
-    for r in sorted(results, key=lambda r: (order[r.kind], -r.connections, r.server != moto_label, r.server)):
+    rank = {moto_label: 0, "openpcs": 1}
+    for r in sorted(results, key=lambda r: (order[r.kind], -r.connections, rank.get(r.server, 2), r.server)):
         base = moto.get((r.kind, r.connections))
         ratio = "" if r.server == moto_label or not base else f"{r.rps / base.rps:7.1f}x"
         print(f"{r.server:<22} {r.operation:<17} {r.connections:>5} {r.rps:>11.0f} {r.p50_ms:>8.2f} "
-              f"{r.p99_ms:>8.2f} {ratio:>8}" + (f"  [{r.errors}]" if r.errors else ""))
+              f"{r.p99_ms:>8.2f} {ratio:>8} {r.server_cpu_us:>10.0f}" + (f"  [{r.errors}]" if r.errors else ""))
     print()
     ok = True
     for r in results:
@@ -363,6 +436,10 @@ def report(results: list[Result], moto_label: str) -> bool:
             print(f"goal {r.operation} p99 < {GOAL_P99_MS:g} ms at 1 connection: {r.p99_ms:.2f} ms -> "
                   f"{'met' if met else 'NOT met'}")
         ok &= met
+    busiest = max(r.others_cpu for r in results)
+    if busiest > 0.15:
+        print(f"warning: other processes used up to {busiest:.2f} CPUs during the runs (of {os.cpu_count()}); "
+              "figures are depressed accordingly. Re-run on a quiet machine.")
     if any(r.errors for r in results):
         print("some runs had non-2xx responses or socket errors (shown in brackets): figures are not valid")
         ok = False
@@ -378,6 +455,8 @@ def main() -> int:
                         help="what moto serves as the comparison [ecs: DescribeClusters/ListClusters]")
     parser.add_argument("--no-warning-run", action="store_true",
                         help="skip the second openpcs run with --log-level warning")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also measure a do-nothing ASGI app on the same uvicorn settings (the ceiling)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, Lua scripts)")
     args = parser.parse_args()
@@ -410,6 +489,8 @@ def main() -> int:
             proc, quiet_targets = start_openpcs(started, work, data_dir, args.clusters, "warning", create=False)
             measure(wrk, quiet_targets, work, args.duration, results)
             started.stop(proc)
+        if args.baseline:
+            measure(wrk, start_baseline(started, work), work, args.duration, results)
         ok = report(results, moto_targets[0].server)
         print(f"\nopenpcs (info) wrote {log_lines} log lines; bench took {time.monotonic() - began:.0f} s")
         if args.json:
