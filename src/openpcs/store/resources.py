@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from ..domain import ids
 from .db import dumps, loads, resources
@@ -21,55 +22,77 @@ class Resource:
     name: str
     status: str
     generation: int
-    spec: dict[str, Any]
-    state: dict[str, Any]
-    tags: dict[str, str]
     created_at: float
     modified_at: float
+    # The JSON columns, decoded on first use: a List shows summaries and never needs them.
+    spec_json: str = field(repr=False)
+    state_json: str = field(repr=False)
+    tags_json: str = field(repr=False)
+
+    @cached_property
+    def spec(self) -> dict[str, Any]:
+        return loads(self.spec_json)
+
+    @cached_property
+    def state(self) -> dict[str, Any]:
+        return loads(self.state_json)
+
+    @cached_property
+    def tags(self) -> dict[str, str]:
+        return loads(self.tags_json)
 
     @classmethod
     def from_row(cls, row: Any) -> Resource:
         m = row._mapping
         return cls(m["seq"], m["id"], m["kind"], m["cluster_id"], m["name"], m["status"], m["generation"],
-                   loads(m["spec"]), loads(m["state"]), loads(m["tags"]), m["created_at"], m["modified_at"])
+                   m["created_at"], m["modified_at"], m["spec"], m["state"], m["tags"])
+
+
+# Statements built once with bound parameters: the hot read path reuses their compiled form.
+_IN_SCOPE = (resources.c.kind == bindparam("kind")) & (resources.c.cluster_id == bindparam("cluster_id"))
+_FIND_BY_ID = select(resources).where(_IN_SCOPE, resources.c.id == bindparam("identifier"))
+_FIND_BY_NAME = select(resources).where(_IN_SCOPE, resources.c.name == bindparam("identifier"))
+_BY_ID = select(resources).where(resources.c.id == bindparam("id"))
+_CHILDREN = select(resources).where(resources.c.cluster_id == bindparam("cluster_id")).order_by(resources.c.seq)
+_CHILDREN_OF_KIND = select(resources).where(_IN_SCOPE).order_by(resources.c.seq)
+_COUNT = select(func.count()).select_from(resources).where(_IN_SCOPE)
+_PAGE = (select(resources).where(_IN_SCOPE, resources.c.seq > bindparam("after"))
+         .order_by(resources.c.seq).limit(bindparam("limit")))
+_IN_TRANSITION = (select(resources).where(resources.c.status.in_(("CREATING", "UPDATING", "DELETING")))
+                  .order_by(resources.c.seq))
 
 
 def find(conn: Connection, kind: str, identifier: str, cluster_id: str = "") -> Resource | None:
     """A resource by name or id; node groups and queues only within their cluster."""
-    column = resources.c.id if ids.looks_like_id(identifier) else resources.c.name
-    row = conn.execute(select(resources).where(resources.c.kind == kind, resources.c.cluster_id == cluster_id,
-                                               column == identifier)).first()
+    statement = _FIND_BY_ID if ids.looks_like_id(identifier) else _FIND_BY_NAME
+    row = conn.execute(statement, {"kind": kind, "cluster_id": cluster_id, "identifier": identifier}).first()
     return Resource.from_row(row) if row else None
 
 
 def by_id(conn: Connection, resource_id: str) -> Resource | None:
-    row = conn.execute(select(resources).where(resources.c.id == resource_id)).first()
+    row = conn.execute(_BY_ID, {"id": resource_id}).first()
     return Resource.from_row(row) if row else None
 
 
 def children(conn: Connection, cluster_id: str, kind: str | None = None) -> list[Resource]:
-    query = select(resources).where(resources.c.cluster_id == cluster_id).order_by(resources.c.seq)
     if kind:
-        query = query.where(resources.c.kind == kind)
-    return [Resource.from_row(row) for row in conn.execute(query)]
+        result = conn.execute(_CHILDREN_OF_KIND, {"kind": kind, "cluster_id": cluster_id})
+    else:
+        result = conn.execute(_CHILDREN, {"cluster_id": cluster_id})
+    return [Resource.from_row(row) for row in result]
 
 
 def count(conn: Connection, kind: str, cluster_id: str = "") -> int:
-    return conn.execute(select(func.count()).select_from(resources).where(
-        resources.c.kind == kind, resources.c.cluster_id == cluster_id)).scalar_one()
+    return conn.execute(_COUNT, {"kind": kind, "cluster_id": cluster_id}).scalar_one()
 
 
 def page(conn: Connection, kind: str, cluster_id: str, after: int, limit: int) -> list[Resource]:
-    query = (select(resources)
-             .where(resources.c.kind == kind, resources.c.cluster_id == cluster_id, resources.c.seq > after)
-             .order_by(resources.c.seq).limit(limit))
-    return [Resource.from_row(row) for row in conn.execute(query)]
+    result = conn.execute(_PAGE, {"kind": kind, "cluster_id": cluster_id, "after": after, "limit": limit})
+    return [Resource.from_row(row) for row in result]
 
 
 def in_transition(conn: Connection) -> list[Resource]:
-    query = select(resources).where(resources.c.status.in_(("CREATING", "UPDATING", "DELETING"))) \
-        .order_by(resources.c.seq)
-    return [Resource.from_row(row) for row in conn.execute(query)]
+    return [Resource.from_row(row) for row in conn.execute(_IN_TRANSITION)]
 
 
 def insert(conn: Connection, kind: str, cluster_id: str, name: str, spec: dict[str, Any],
@@ -80,7 +103,7 @@ def insert(conn: Connection, kind: str, cluster_id: str, name: str, spec: dict[s
                   created_at=now, modified_at=now)
     result = conn.execute(resources.insert().values(**values))
     return Resource(result.inserted_primary_key[0], values["id"], kind, cluster_id, name, "CREATING", 1,
-                    spec, {}, tags or {}, now, now)
+                    now, now, values["spec"], values["state"], values["tags"])
 
 
 def request_change(conn: Connection, resource: Resource, status: str, spec: dict[str, Any] | None = None) -> None:
