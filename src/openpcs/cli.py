@@ -64,7 +64,8 @@ def serve(host: str, port: int, data_dir: Path | None, database: str | None, reg
                f"{service.identity.region}); client settings: eval \"$(openpcs env --data-dir {directory})\"",
                err=True)
     config = uvicorn.Config(service.app, host=host, port=port, loop="uvloop", http="httptools",
-                            lifespan="off", access_log=False, log_level="warning", timeout_keep_alive=30)
+                            lifespan="off", access_log=False, proxy_headers=False, log_level="warning",
+                            timeout_keep_alive=30)
     try:
         uvicorn.Server(config).run()
     finally:
