@@ -52,7 +52,7 @@ def parse(raw: Path) -> tuple[list[tuple[list[str], int]], int]:
     return stacks, total
 
 
-def function_of(frame: str) -> str:
+def _described(frame: str, with_line: bool) -> str:
     match = _FRAME.match(frame)
     if not match:
         return frame
@@ -60,18 +60,16 @@ def function_of(frame: str) -> str:
     for marker in ("site-packages/", "/src/", "/lib/python3"):
         if marker in file:
             file = file.split(marker, 1)[1]
-    return f"{match.group('func')} ({file})"
+    where = f"{file}:{match.group('line')}" if with_line else file
+    return f"{match.group('func')} ({where})"
+
+
+def function_of(frame: str) -> str:
+    return _described(frame, with_line=False)
 
 
 def line_of(frame: str) -> str:
-    match = _FRAME.match(frame)
-    if not match:
-        return frame
-    file = match.group("file")
-    for marker in ("site-packages/", "/src/", "/lib/python3"):
-        if marker in file:
-            file = file.split(marker, 1)[1]
-    return f"{match.group('func')} ({file}:{match.group('line')})"
+    return _described(frame, with_line=True)
 
 
 # Frames every sample of the server's main thread has in common (process start-up, click, the loop's run).

@@ -85,13 +85,17 @@ class OpenPcs:
         config.read(self.data_dir / "credentials")
         return dict(config["openpcs"])
 
-    def client(self, service: str = "pcs", **overrides: str):
+    def client(self, service: str = "pcs", access_key: str | None = None, secret_key: str | None = None,
+               parameter_validation: bool = True):
+        """boto3 without retries (they would hide errors); parameter_validation=False sends what it is
+        given, so that the server's validation answers rather than botocore's own checks."""
         creds = self.credentials()
         return boto3.client(
             service, endpoint_url=self.url, region_name=creds["region"],
-            aws_access_key_id=overrides.get("access_key", creds["aws_access_key_id"]),
-            aws_secret_access_key=overrides.get("secret_key", creds["aws_secret_access_key"]),
-            config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=30))
+            aws_access_key_id=access_key or creds["aws_access_key_id"],
+            aws_secret_access_key=secret_key or creds["aws_secret_access_key"],
+            config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=30,
+                          parameter_validation=parameter_validation))
 
     def cli_env(self) -> dict[str, str]:
         exports = subprocess.run([sys.executable, "-m", "openpcs", "env", "--data-dir", str(self.data_dir)],

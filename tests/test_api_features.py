@@ -117,14 +117,7 @@ def test_forged_and_foreign_tokens_are_refused(pcs):
 
 
 def test_max_results_bounds(openpcs):
-    import boto3
-    from botocore.config import Config
-
-    creds = openpcs.credentials()
-    raw = boto3.client("pcs", endpoint_url=openpcs.url, region_name=creds["region"],
-                       aws_access_key_id=creds["aws_access_key_id"],
-                       aws_secret_access_key=creds["aws_secret_access_key"],
-                       config=Config(parameter_validation=False, retries={"max_attempts": 1}))
+    raw = openpcs.client(parameter_validation=False)
     for bad in (0, 101):
         with pytest.raises(raw.exceptions.ValidationException) as refused:
             raw.list_clusters(maxResults=bad)

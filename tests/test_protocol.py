@@ -20,11 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
 from conftest import SUBNET, OpenPcs, unique
 
@@ -60,11 +58,7 @@ def pcs(server: OpenPcs):
 @pytest.fixture(scope="module")
 def lax_pcs(server: OpenPcs):
     """boto3 with its client-side validation off, so that the server's validation is what answers."""
-    creds = server.credentials()
-    return boto3.client("pcs", endpoint_url=server.url, region_name=creds["region"],
-                        aws_access_key_id=creds["aws_access_key_id"],
-                        aws_secret_access_key=creds["aws_secret_access_key"],
-                        config=Config(parameter_validation=False, retries={"max_attempts": 1}))
+    return server.client(parameter_validation=False)
 
 
 def signed_headers(server: OpenPcs, body: bytes, target: str | None = f"{PREFIX}.ListClusters",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from botocore.config import Config
 from conftest import (
     SUBNET,
     create_cluster,
@@ -16,14 +15,7 @@ from conftest import (
 
 @pytest.fixture
 def raw(openpcs):
-    """A client that sends what it is given: botocore's own checks would stop bad input before the server."""
-    import boto3
-
-    creds = openpcs.credentials()
-    return boto3.client("pcs", endpoint_url=openpcs.url, region_name=creds["region"],
-                        aws_access_key_id=creds["aws_access_key_id"],
-                        aws_secret_access_key=creds["aws_secret_access_key"],
-                        config=Config(parameter_validation=False, retries={"max_attempts": 1}))
+    return openpcs.client(parameter_validation=False)
 
 
 @pytest.fixture(scope="module")

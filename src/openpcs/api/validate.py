@@ -110,13 +110,7 @@ class _Walk:
                             f"Member must satisfy regular expression pattern: {pattern}")
 
     def _integer(self, shape: Shape, value: int, path: str) -> None:
-        meta = shape.metadata
-        if "min" in meta and value < meta["min"]:
-            self.fail(path, f"Value '{value}' at '{path}' failed to satisfy constraint: "
-                            f"Member must have value greater than or equal to {meta['min']}")
-        if "max" in meta and value > meta["max"]:
-            self.fail(path, f"Value '{value}' at '{path}' failed to satisfy constraint: "
-                            f"Member must have value less than or equal to {meta['max']}")
+        self._bounds(shape, value, path, f"Value '{value}' at '{path}'", "value")
 
     _long = _integer
     _double = _integer
@@ -126,13 +120,16 @@ class _Walk:
         """Booleans, timestamps and blobs carry no constraints beyond their type."""
 
     def _size(self, shape: Shape, size: int, path: str, what: str, value: Any = None) -> None:
+        subject = f"Value '{_shown(value)}' at '{path}'" if isinstance(value, str) else f"Value at '{path}'"
+        self._bounds(shape, size, path, subject, what)
+
+    def _bounds(self, shape: Shape, number: float, path: str, subject: str, what: str) -> None:
+        """The model's min and max, on a number itself (what='value') or on a length."""
         meta = shape.metadata
-        shown = f"'{_shown(value)}'" if isinstance(value, str) else "null" if value is None else ""
-        subject = f"Value {shown} at '{path}'" if shown else f"Value at '{path}'"
-        if "min" in meta and size < meta["min"]:
+        if "min" in meta and number < meta["min"]:
             self.fail(path, f"{subject} failed to satisfy constraint: "
                             f"Member must have {what} greater than or equal to {meta['min']}")
-        if "max" in meta and size > meta["max"]:
+        if "max" in meta and number > meta["max"]:
             self.fail(path, f"{subject} failed to satisfy constraint: "
                             f"Member must have {what} less than or equal to {meta['max']}")
 
