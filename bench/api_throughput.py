@@ -19,7 +19,7 @@ What it does, in one run (about 70 s with the defaults, 85 s with --baseline):
    throughput and with 1 connection (-t1 -c1) for single-connection latency.
 5. Restarts openpcs on the same data dir with `--log-level warning` and measures it again, to show
    what the per-request log line costs.
-6. With --baseline, measures a do-nothing ASGI app on the same uvicorn settings: the ceiling for
+6. With --baseline, measures a do-nothing ASGI app on openpcs's own HTTP server: the ceiling for
    any app served this way on this machine.
 7. Prints a table (requests/s, p50, p99, openpcs/moto throughput ratio, and the server's CPU time per
    request, which unlike requests/s hardly depends on what else the machine is doing) and the goals
@@ -357,7 +357,8 @@ _BASELINE_APP = """
 import sys
 
 import orjson
-import uvicorn
+
+from openpcs.api.http import Server
 
 BODY = orjson.dumps({"cluster": {"name": "bench", "id": "pcs_0123456789", "status": "ACTIVE"}})
 HEADERS = [(b"content-type", b"application/x-amz-json-1.0"), (b"content-length", str(len(BODY)).encode())]
@@ -372,23 +373,22 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": BODY})
 
 
-# The same uvicorn settings as `openpcs serve`.
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools", lifespan="off",
-            access_log=False, log_level="warning", timeout_keep_alive=30)
+# The same HTTP server as `openpcs serve`.
+Server(app, "127.0.0.1", int(sys.argv[1])).run()
 """
 
 
 def start_baseline(started: Started, work: Path) -> list[Target]:
-    """A do-nothing ASGI app on uvicorn as openpcs configures it: the ceiling for any app on this stack."""
+    """A do-nothing ASGI app on openpcs's own HTTP server: the ceiling for any app on this stack."""
     port = free_port()
     log, app = work / "baseline.log", work / "baseline_app.py"
     app.write_text(_BASELINE_APP)
     proc = started.spawn("baseline", [sys.executable, str(app), str(port)], log)
-    wait_for_port(port, proc, "baseline uvicorn app", log)
+    wait_for_port(port, proc, "baseline app", log)
     url = f"http://127.0.0.1:{port}"
     headers, body = sign(url, "pcs", "AWSParallelComputingService.GetCluster", "application/x-amz-json-1.0",
                          {"clusterIdentifier": "bench"}, ("AKIDEXAMPLE", "secret"))
-    return [Target("uvicorn hello-world", "fixed JSON", "get", url, headers, body,
+    return [Target("hello-world app", "fixed JSON", "get", url, headers, body,
                    lambda r: r.get("cluster", {}).get("name") == "bench", proc.pid)]
 
 
@@ -460,7 +460,7 @@ def main() -> int:
     parser.add_argument("--no-warning-run", action="store_true",
                         help="skip the second openpcs run with --log-level warning")
     parser.add_argument("--baseline", action="store_true",
-                        help="also measure a do-nothing ASGI app on the same uvicorn settings (the ceiling)")
+                        help="also measure a do-nothing ASGI app on the same HTTP server (the ceiling)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, Lua scripts)")
     args = parser.parse_args()

@@ -73,22 +73,22 @@ def line_of(frame: str) -> str:
 
 
 # Frames every sample of the server's main thread has in common (process start-up, click, the loop's run).
-_ROOTS = ("(<frozen runpy>)", "(click/", "(uvicorn/server.py)", "(uvicorn/_compat.py)", "(openpcs/__main__.py)",
+_ROOTS = ("(<frozen runpy>)", "(click/", "Server.run (openpcs/api/http.py)", "(openpcs/__main__.py)",
           "(openpcs/cli.py)", "Runner.run (asyncio/runners.py)")
 
 # Request-path stages, by the function a sample is (deepest first) inside.
 _STAGES = (
-    ("ApiApp._log", "request log line (logging + JSON formatter + stderr write)"),
-    ("RequestResponseCycle.send", "response write (uvicorn send -> transport.write)"),
+    ("ApiApp._log", "request log line (orjson + one write to stderr)"),
+    ("_Connection._respond", "response write (one transport.write)"),
     ("shape_output", "output shaping (model walk, timestamps)"),
-    ("Dispatcher.call", "handler + store (SQLAlchemy Core on SQLite)"),
+    ("Dispatcher.call", "handler + store (prepared reads on SQLite)"),
     ("validate (openpcs/api/validate.py)", "input validation"),
     ("ApiApp._parse", "JSON parse"),
     ("ApiApp._authenticate", "SigV4 verification"),
-    ("ApiApp._read_body", "body read (asyncio.wait_for around receive)"),
-    ("ApiApp.__call__", "ApiApp.__call__ itself (headers dict, uuid4, orjson.dumps, ...)"),
-    ("RequestResponseCycle.run_asgi", "uvicorn ASGI glue (task, ProxyHeadersMiddleware)"),
-    ("HttpToolsProtocol.", "uvicorn HTTP parser callbacks (httptools)"),
+    ("ApiApp._read_body", "body read (receive under one asyncio.timeout)"),
+    ("ApiApp.__call__", "ApiApp.__call__ itself (headers dict, request id, orjson.dumps, ...)"),
+    ("_Connection._run", "HTTP server's ASGI glue (a task per request)"),
+    ("_Connection.", "HTTP parser callbacks (httptools)"),
     ("Thread._bootstrap", "other threads (reconciler)"),
 )
 

@@ -26,6 +26,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from conftest import SUBNET, OpenPcs, unique
 
+from openpcs.api.http import HEADER_TIMEOUT, MAX_HEADER_BYTES
 from openpcs.api.server import BODY_CHUNK_TIMEOUT, MAX_BODY_BYTES
 
 PREFIX = "AWSParallelComputingService"
@@ -301,6 +302,53 @@ def test_a_stalled_body_times_out(server, pcs):
             assert closed_by_server(sock)
     assert elapsed < BODY_CHUNK_TIMEOUT + 5
     assert pcs.list_clusters()["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def test_stalled_headers_time_out(server, pcs):
+    """A client that starts a request and never finishes its headers (slowloris) is answered and dropped."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=HEADER_TIMEOUT + 10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        reply = read_reply(sock)
+        assert reply.status == 408, reply
+        assert closed_by_server(sock)
+    assert time.monotonic() - started < HEADER_TIMEOUT + 5
+    assert pcs.list_clusters()["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def test_oversized_headers_are_refused(server, pcs):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 1) + b"\r\n\r\n")
+        reply = read_reply(sock)
+        assert reply.status == 431, reply
+        assert closed_by_server(sock)
+    assert pcs.list_clusters()["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(server):
+    first, second = b'{"maxResults": 1}', b'{"maxResults": 2}'
+    requests = b""
+    for body in (first, second):
+        head = signed_headers(server, body)
+        lines = ["POST / HTTP/1.1", f"Host: 127.0.0.1:{server.port}", *(f"{k}: {v}" for k, v in head.items())]
+        requests += "".join(line + "\r\n" for line in lines).encode()
+        requests += f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(requests)
+        stream = sock.makefile("rb")  # one buffered reader for both: the second reply may arrive with the first
+        replies = [_read_framed(stream), _read_framed(stream)]
+    assert [r.status for r in replies] == [200, 200]
+    assert replies[0].headers["x-amzn-requestid"] != replies[1].headers["x-amzn-requestid"]
+
+
+def _read_framed(stream) -> Reply:
+    """One response read off a shared buffered stream (http.client would close the stream after it)."""
+    status = int(stream.readline().split()[1])
+    headers = {}
+    while (line := stream.readline().strip()):
+        name, _, value = line.decode().partition(":")
+        headers[name.lower()] = value.strip()
+    return Reply(status, headers, stream.read(int(headers["content-length"])))
 
 
 def test_a_connection_cut_mid_body_applies_nothing(server, pcs):

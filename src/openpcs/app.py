@@ -61,7 +61,7 @@ def ensure_credentials(store: Store, data_dir: Path, region: str) -> Path:
 
 
 class Service:
-    """Everything `openpcs serve` runs, wired together; the HTTP server is uvicorn's, around `app`."""
+    """Everything `openpcs serve` runs, wired together; api.http.Server serves `app`."""
 
     def __init__(self, data_dir: Path, database: str | None, region: str | None, max_clusters: int,
                  api_url: str) -> None:

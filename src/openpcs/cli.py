@@ -48,8 +48,7 @@ def main() -> None:
 def serve(host: str, port: int, data_dir: Path | None, database: str | None, region: str | None,
           max_clusters: int, reconcile: bool, log_level: str) -> None:
     """Run the API and the reconcilers in the foreground."""
-    import uvicorn
-
+    from .api.http import Server
     from .api.server import configure_logging
 
     configure_logging(log_level)
@@ -63,11 +62,8 @@ def serve(host: str, port: int, data_dir: Path | None, database: str | None, reg
     click.echo(f"openpcs {__version__} serving PCS on {url} (data dir {directory}, region "
                f"{service.identity.region}); client settings: eval \"$(openpcs env --data-dir {directory})\"",
                err=True)
-    config = uvicorn.Config(service.app, host=host, port=port, loop="uvloop", http="httptools",
-                            lifespan="off", access_log=False, proxy_headers=False, log_level="warning",
-                            timeout_keep_alive=30)
     try:
-        uvicorn.Server(config).run()
+        Server(service.app, host, port).run()
     finally:
         service.stop()
 
