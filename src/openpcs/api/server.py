@@ -48,14 +48,6 @@ class Frontend:
     dispatcher: Dispatcher
 
 
-class _Refused(Exception):
-    """A request refused before it reached an operation (transport, auth, protocol)."""
-
-    def __init__(self, status: int, code: str, message: str, **members: Any) -> None:
-        super().__init__(message)
-        self.error = ApiError(code, message, status, **members)
-
-
 class ApiApp:
     def __init__(self, frontends: list[Frontend], verifier: SigV4Verifier) -> None:
         self.frontends = {f.service.target_prefix: f for f in frontends}
@@ -78,8 +70,9 @@ class ApiApp:
             body = await self._read_body(headers, receive)
             body_read = True
             if scope["method"] != "POST" or scope["path"] != "/":
-                raise _Refused(404, "UnknownOperationException",
-                               "This endpoint answers AWS JSON requests: POST / with an X-Amz-Target header.")
+                raise ApiError("UnknownOperationException",
+                               "This endpoint answers AWS JSON requests: POST / with an X-Amz-Target header.",
+                               status=404)
             target = headers.get("x-amz-target", "").strip()
             prefix, _, operation_name = target.partition(".")
             frontend = self.frontends.get(prefix)
@@ -108,8 +101,7 @@ class ApiApp:
                 result = await asyncio.get_running_loop().run_in_executor(
                     self._writer, frontend.dispatcher.call, operation, params)
             payload = orjson.dumps(shape_output(operation.output_shape, result))
-        except (ApiError, _Refused) as exc:
-            error = exc if isinstance(exc, ApiError) else exc.error
+        except ApiError as error:
             status, code, payload = error.status, error.code, orjson.dumps(error.body())
         except AuthError as exc:
             status, code = exc.status, exc.code
@@ -139,8 +131,8 @@ class ApiApp:
     async def _read_body(self, headers: dict[str, str], receive: Any) -> bytes:
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-            raise _Refused(413, "RequestEntityTooLargeException",
-                           f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+            raise ApiError("RequestEntityTooLargeException", f"The request body is larger than {MAX_BODY_BYTES} bytes.",
+                           status=413)
         chunks, size = [], 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BODY_TOTAL_TIMEOUT
@@ -155,14 +147,15 @@ class ApiApp:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > MAX_BODY_BYTES:
-                        raise _Refused(413, "RequestEntityTooLargeException",
-                                       f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+                        raise ApiError("RequestEntityTooLargeException",
+                                       f"The request body is larger than {MAX_BODY_BYTES} bytes.", status=413)
                     chunks.append(chunk)
                     if not message.get("more_body"):
                         return b"".join(chunks)
                     timer.reschedule(min(loop.time() + BODY_CHUNK_TIMEOUT, deadline))
         except TimeoutError:
-            raise _Refused(408, "RequestTimeoutException", "The request body was not received in time.") from None
+            raise ApiError("RequestTimeoutException", "The request body was not received in time.",
+                           status=408) from None
 
     def _authenticate(self, scope: dict[str, Any], headers: dict[str, str], body: bytes) -> str:
         return self.verifier.verify(scope["method"], scope.get("raw_path", b"/").split(b"?")[0].decode(),

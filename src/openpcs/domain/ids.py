@@ -7,7 +7,6 @@ import secrets
 import string
 
 _ALPHABET = string.ascii_lowercase + string.digits
-ID_PATTERN = re.compile(r"pcs_[a-z0-9]{10}")
 
 # The resource kinds as they appear in ARNs, and the names the API uses for them in errors.
 CLUSTER = "cluster"

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from ..api.errors import ApiError, field_error, quota_exceeded, validation_error
+from ..api.errors import field_error, quota_exceeded, validation_error
 
 SCHEDULER_VERSIONS = ("23.11", "24.05", "24.11", "25.05")
 
@@ -178,6 +178,3 @@ def check_count_quota(kind: str, count: int, limit: int, quota_code: str, cluste
                              f"Delete one before creating another.",
                              quota_code=quota_code, resource_id=cluster_id, resource_type="cluster")
 
-
-def reject(message: str) -> ApiError:
-    return validation_error(message, reason="other")
