@@ -16,10 +16,9 @@ import orjson
 from botocore.model import OperationModel
 from sqlalchemy import Connection, delete, select
 
-from ..store.db import Store, dumps, idempotency, loads
+from ..store.db import IDEMPOTENCY_WINDOW_SECONDS, Store, dumps, idempotency, loads
 from .errors import ApiError
 
-IDEMPOTENCY_WINDOW_SECONDS = 8 * 3600
 READ_PREFIXES = ("Get", "List", "Describe")
 
 

@@ -15,14 +15,13 @@ from sqlalchemy import delete
 
 from ..domain import ids
 from ..store import resources as rows
-from ..store.db import Store, idempotency
+from ..store.db import IDEMPOTENCY_WINDOW_SECONDS, Store, idempotency
 from ..store.resources import Resource
 from .runtime import Runtime, RuntimeFailure
 
 log = logging.getLogger("openpcs.reconciler")
 
 FAILED = {"CREATING": "CREATE_FAILED", "UPDATING": "UPDATE_FAILED", "DELETING": "DELETE_FAILED"}
-IDEMPOTENCY_WINDOW_SECONDS = 8 * 3600
 # Even with nothing to do, look again this often (housekeeping, and writes from other processes).
 IDLE_INTERVAL_SECONDS = 2.0
 PURGE_INTERVAL_SECONDS = 300.0

@@ -66,6 +66,9 @@ instances = Table(
     Column("registered_at", Float),
 )
 
+# How long a clientToken is remembered (AWS's window): the dispatcher honours it, the reconciler purges after it.
+IDEMPOTENCY_WINDOW_SECONDS = 8 * 3600
+
 idempotency = Table(
     "idempotency", metadata,
     Column("operation", String(64), primary_key=True),
