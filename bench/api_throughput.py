@@ -233,9 +233,11 @@ def _machine_cpu() -> tuple[float, float]:
 
 
 def _process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads."""
+    """User + system CPU seconds of a process, all its threads, and of its live children (openpcs's API
+    workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return (int(fields[11]) + int(fields[12])) / _TICK + sum(_process_cpu(int(child)) for child in children)
 
 
 def _children_cpu() -> float:
@@ -358,7 +360,7 @@ import sys
 
 import orjson
 
-from openpcs.api.http import Server
+from openpcs.api.http import Server, bind
 
 BODY = orjson.dumps({"cluster": {"name": "bench", "id": "pcs_0123456789", "status": "ACTIVE"}})
 HEADERS = [(b"content-type", b"application/x-amz-json-1.0"), (b"content-length", str(len(BODY)).encode())]
@@ -373,8 +375,8 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": BODY})
 
 
-# The same HTTP server as `openpcs serve`.
-Server(app, "127.0.0.1", int(sys.argv[1])).run()
+# The same HTTP server as one `openpcs serve` worker.
+Server(app, bind("127.0.0.1", int(sys.argv[1]))).run()
 """
 
 

@@ -209,7 +209,7 @@ def main() -> int:
                                        text=True)
             try:
                 time.sleep(1)
-                subprocess.run([py_spy, "record", "--pid", str(proc.pid), "--rate",
+                subprocess.run([py_spy, "record", "--pid", str(proc.pid), "--subprocesses", "--rate",
                                 str(args.rate), "--duration", str(args.duration), "--format", "raw", "-o", str(raw)],
                                check=True, capture_output=True, timeout=args.duration + 60)
                 output, _ = wrk_run.communicate(timeout=60)

@@ -34,8 +34,9 @@ def free_port() -> int:
 class OpenPcs:
     """One `openpcs serve` process, started and stopped by PID."""
 
-    def __init__(self, data_dir: Path, database: str | None = None, *extra: str) -> None:
-        self.data_dir, self.database, self.extra = data_dir, database, list(extra)
+    def __init__(self, data_dir: Path, database: str | None = None, *extra: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.database, self.extra, self.env = data_dir, database, list(extra), env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -48,7 +49,7 @@ class OpenPcs:
             command += ["--database", self.database]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+                                        start_new_session=True, env={**os.environ, **(self.env or {})})
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -72,11 +73,26 @@ class OpenPcs:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._wait_workers_gone()
 
     def kill9(self) -> None:
+        """kill -9 of `openpcs serve` itself, as a user would; its API workers follow it on their own."""
         assert self.process is not None
         self.process.kill()
         self.process.wait()
+        self._wait_workers_gone()
+
+    def _wait_workers_gone(self, timeout: float = 20.0) -> None:
+        # The workers are in serve's process group (its session, by start_new_session) until they exit.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.killpg(self.process.pid, signal.SIGKILL)
+        raise AssertionError(f"openpcs serve's API workers outlived it by {timeout:.0f} s")
 
     def credentials(self) -> dict[str, str]:
         import configparser

@@ -1,10 +1,11 @@
-"""Assembles a running openpcs from its options: store, keys, runtime, reconciler and the API."""
+"""Assembles a running openpcs from its options: store, keys, runtime and reconciler; and each worker's API."""
 
 from __future__ import annotations
 
 import os
 import random
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,15 @@ from .api.server import ApiApp, Frontend
 from .api.sigv4 import SigV4Verifier
 from .control.reconciler import Reconciler
 from .control.runtime import Runtime
+from .layout import DataLayout
 from .pcs.handlers import PcsHandlers, ServiceContext
 from .pcs.views import Views
 from .store.db import Store, sqlite_url
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_MAX_CLUSTERS = 5
+# One API worker process a core (a Python process serves about one core's worth), capped: each costs memory.
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
 def default_data_dir() -> Path:
@@ -60,26 +64,26 @@ def ensure_credentials(store: Store, data_dir: Path, region: str) -> Path:
     return path
 
 
-class Service:
-    """Everything `openpcs serve` runs, wired together; api.http.Server serves `app`."""
+def page_token_key(store: Store) -> bytes:
+    return bytes.fromhex(store.setting("page_token_key", lambda: secrets.token_hex(32)))
 
-    def __init__(self, data_dir: Path, database: str | None, region: str | None, max_clusters: int,
-                 api_url: str) -> None:
+
+class Service:
+    """The supervisor's part of `openpcs serve`: the store's first-start setup, the runtime and the reconciler.
+
+    The API itself runs in worker processes (build_api); this process owns everything that must exist once.
+    """
+
+    def __init__(self, data_dir: Path, database: str | None, region: str | None, api_url: str) -> None:
         self.data_dir = data_dir
         self.store = open_store(data_dir, database)
         self.identity = identity(self.store, region)
         if region and region != self.identity.region:
             raise SystemExit(f"This data dir serves region {self.identity.region}; it cannot change to {region}.")
         self.credentials_path = ensure_credentials(self.store, data_dir, self.identity.region)
-        page_key = bytes.fromhex(self.store.setting("page_token_key", lambda: secrets.token_hex(32)))
+        page_token_key(self.store)  # made here, once, so that workers only ever read it
         self.runtime = Runtime(data_dir, self.store, self.identity.region, self.identity.account, api_url)
         self.reconciler = Reconciler(self.store, self.runtime)
-        context = ServiceContext(views=Views(self.identity.region, self.identity.account),
-                                 tokens=PageTokens(page_key), max_clusters=max_clusters,
-                                 shared_secret=self.runtime.shared_secret)
-        pcs = Frontend(load_service("pcs"),
-                       Dispatcher(self.store, PcsHandlers(context), after_write=self.reconciler.wake))
-        self.app = ApiApp([pcs], SigV4Verifier(KeyCache(self.store).secret))
 
     def start(self) -> None:
         self.reconciler.start()
@@ -87,3 +91,14 @@ class Service:
     def stop(self) -> None:
         self.reconciler.stop()
         self.store.close()
+
+
+def build_api(data_dir: Path, database: str | None, max_clusters: int,
+              after_write: Callable[[], None]) -> tuple[ApiApp, Store]:
+    """The API one worker process serves, on its own connections to the store the supervisor set up."""
+    store = open_store(data_dir, database)
+    who = identity(store, None)
+    context = ServiceContext(views=Views(who.region, who.account), tokens=PageTokens(page_token_key(store)),
+                             max_clusters=max_clusters, shared_secret=DataLayout(data_dir).shared_secret)
+    pcs = Frontend(load_service("pcs"), Dispatcher(store, PcsHandlers(context), after_write=after_write))
+    return ApiApp([pcs], SigV4Verifier(KeyCache(store).secret)), store

@@ -12,14 +12,15 @@ import click
 
 from . import __version__
 from .api.credentials import PROFILE, create_key, list_keys, revoke_key
-from .app import DEFAULT_MAX_CLUSTERS, DEFAULT_REGION, Service, default_data_dir, identity, open_store
+from .app import DEFAULT_MAX_CLUSTERS, DEFAULT_REGION, DEFAULT_WORKERS, Service, default_data_dir, identity, open_store
 
 data_dir_option = click.option(
     "--data-dir", type=click.Path(path_type=Path), default=None,
     help="Where openpcs keeps its state [default: $OPENPCS_DATA_DIR or ~/.local/share/openpcs].")
 database_option = click.option(
-    "--database", default=None, metavar="URL",
-    help="A SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite in the data dir].")
+    "--database", default=None, metavar="URL", envvar="OPENPCS_DATABASE",
+    help="A SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: $OPENPCS_DATABASE, else SQLite in "
+         "the data dir]. Prefer the variable for a URL with a password: any user can read a command line.")
 
 
 def _data_dir(value: Path | None) -> Path:
@@ -34,7 +35,8 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on; 0 picks a free one (see server.json).")
 @data_dir_option
 @database_option
 @click.option("--region", default=None, help=f"Region in ARNs, fixed at first start [default: {DEFAULT_REGION}].")
@@ -43,27 +45,35 @@ def main() -> None:
 @click.option("--reconcile/--no-reconcile", default=True, show_default=True,
               help="Run the reconcilers. Turn off for an API-only server beside another one that runs them "
                    "on the same --database.")
+@click.option("--workers", default=DEFAULT_WORKERS, show_default=True, type=click.IntRange(1),
+              help="API worker processes; each serves about one core's worth of requests.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str, port: int, data_dir: Path | None, database: str | None, region: str | None,
-          max_clusters: int, reconcile: bool, log_level: str) -> None:
+          max_clusters: int, reconcile: bool, workers: int, log_level: str) -> None:
     """Run the API and the reconcilers in the foreground."""
-    from .api.http import Server
+    from .api.http import bind
     from .api.server import configure_logging
+    from .supervisor import WorkerFailed, Workers
 
     configure_logging(log_level)
     directory = _data_dir(data_dir)
-    url = f"http://{host}:{port}"
-    service = Service(directory, database, region, max_clusters, url)
+    sock = bind(host, port)
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    service = Service(directory, database, region, url)
     (directory / "server.json").write_text(json.dumps({"url": url, "region": service.identity.region,
                                                        "pid": os.getpid()}) + "\n")
     if reconcile:
         service.start()
-    click.echo(f"openpcs {__version__} serving PCS on {url} (data dir {directory}, region "
-               f"{service.identity.region}); client settings: eval \"$(openpcs env --data-dir {directory})\"",
+    click.echo(f"openpcs {__version__} serving PCS on {url} with {workers} API worker(s) (data dir {directory}, "
+               f"region {service.identity.region}); client settings: eval \"$(openpcs env --data-dir {directory})\"",
                err=True)
+    config = {"data_dir": str(directory), "database": database, "max_clusters": max_clusters,
+              "log_level": log_level}
     try:
-        Server(service.app, host, port).run()
+        Workers(workers, sock, config, on_write=service.reconciler.wake if reconcile else None).run()
+    except WorkerFailed as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         service.stop()
 

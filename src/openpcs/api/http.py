@@ -14,6 +14,7 @@ import asyncio
 import email.utils
 import logging
 import signal
+import socket
 import time
 from collections import deque
 from typing import Any
@@ -28,6 +29,7 @@ HEADER_TIMEOUT = 10.0
 KEEP_ALIVE_TIMEOUT = 30.0
 MAX_HEADER_BYTES = 64 * 1024
 SHUTDOWN_GRACE_SECONDS = 10.0
+LISTEN_BACKLOG = 1024
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 402: b"Payment Required", 403: b"Forbidden", 404: b"Not Found",
             408: b"Request Timeout", 409: b"Conflict", 413: b"Payload Too Large",
@@ -266,11 +268,31 @@ class _Connection(asyncio.Protocol):
         return self.running is None and not self.queue
 
 
-class Server:
-    """Listens on one address and serves `app` until SIGINT or SIGTERM, then drains and returns."""
+def bind(host: str, port: int) -> socket.socket:
+    """The API's socket, bound once by the supervisor and shared by every worker process.
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        self.app, self.address = app, (host, port)
+    It is bound at once, so that a port in use fails fast, but listens only once the service is ready to
+    answer (Server or the supervisor calls listen): an open port means a working service.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"openpcs cannot listen on {host}:{port}: {exc.strerror}. "
+                         "Choose another --port or --host.") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class Server:
+    """Serves `app` on a listening socket until SIGINT or SIGTERM, then drains and returns."""
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        self.app, self.sock = app, sock
+        self.address = sock.getsockname()[:2]
+        sock.listen(LISTEN_BACKLOG)  # a no-op if the supervisor already listens on it
         self.connections: set[_Connection] = set()
 
     def run(self) -> None:
@@ -283,12 +305,7 @@ class Server:
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        try:
-            server = await loop.create_server(lambda: _Connection(self.app, self), *self.address,
-                                              reuse_address=True, backlog=1024)
-        except OSError as exc:
-            raise SystemExit(f"openpcs cannot listen on {self.address[0]}:{self.address[1]}: {exc.strerror}. "
-                             "Choose another --port or --host.") from None
+        server = await loop.create_server(lambda: _Connection(self.app, self), sock=self.sock, backlog=LISTEN_BACKLOG)
         try:
             await stop.wait()
         finally:

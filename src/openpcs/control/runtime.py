@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from ..files import write_private
+from ..layout import DataLayout
 from ..store import instances as instance_rows
 from ..store.db import Store
 from ..store.resources import Resource
@@ -42,21 +43,8 @@ def _free_port() -> int:
 class Runtime:
     def __init__(self, data_dir: Path, store: Store, region: str, account: str, api_url: str) -> None:
         self.data_dir, self.store = data_dir, store
+        self.layout = DataLayout(data_dir)
         self.region, self.account, self.api_url = region, account, api_url
-
-    # -- files ------------------------------------------------------------------------------------
-
-    def cluster_dir(self, cluster_id: str) -> Path:
-        return self.data_dir / "clusters" / cluster_id
-
-    def instance_dir(self, instance_id: str) -> Path:
-        return self.data_dir / "instances" / instance_id
-
-    def shared_secret(self, cluster_id: str) -> bytes | None:
-        try:
-            return (self.cluster_dir(cluster_id) / "munge.key").read_bytes()
-        except FileNotFoundError:
-            return None
 
     def _guard(self, what: str, action: Any) -> Any:
         try:
@@ -68,8 +56,8 @@ class Runtime:
     # -- clusters ---------------------------------------------------------------------------------
 
     def converge_cluster(self, cluster: Resource) -> dict[str, Any]:
-        directory = self.cluster_dir(cluster.id)
-        key = directory / "munge.key"
+        directory = self.layout.cluster_dir(cluster.id)
+        key = self.layout.munge_key(cluster.id)
 
         def prepare() -> None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -100,7 +88,7 @@ class Runtime:
         return state
 
     def remove_cluster(self, cluster: Resource) -> None:
-        directory = self.cluster_dir(cluster.id)
+        directory = self.layout.cluster_dir(cluster.id)
         self._guard("remove the cluster's files",
                     lambda: shutil.rmtree(directory) if directory.exists() else None)
 
@@ -127,10 +115,10 @@ class Runtime:
         except BaseException:
             # The transaction rolled back: take back the files of instances that were never recorded.
             for instance_id in written:
-                shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
+                shutil.rmtree(self.layout.instance_dir(instance_id), ignore_errors=True)
             raise
         for instance in surplus:
-            shutil.rmtree(self.instance_dir(instance.id), ignore_errors=True)
+            shutil.rmtree(self.layout.instance_dir(instance.id), ignore_errors=True)
         state = dict(group.state)
         state.pop("errorInfo", None)
         return state
@@ -138,14 +126,14 @@ class Runtime:
     def _write_bootstrap(self, cluster: Resource, instance: instance_rows.Instance, bootstrap_id: str) -> None:
         data = {"instanceId": instance.id, "clusterIdentifier": cluster.id, "bootstrapId": bootstrap_id,
                 "endpointUrl": self.api_url, "region": self.region}
-        write_private(self.instance_dir(instance.id) / "bootstrap.json", orjson.dumps(data))
+        write_private(self.layout.instance_dir(instance.id) / "bootstrap.json", orjson.dumps(data))
 
     def remove_node_group(self, cluster: Resource, group: Resource) -> None:
         with self.store.write() as conn:
             issued = instance_rows.of_node_group(conn, group.id)
             instance_rows.terminate(conn, [i.id for i in issued])
         for instance in issued:
-            shutil.rmtree(self.instance_dir(instance.id), ignore_errors=True)
+            shutil.rmtree(self.layout.instance_dir(instance.id), ignore_errors=True)
 
     # -- queues -----------------------------------------------------------------------------------
 

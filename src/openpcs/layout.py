@@ -1,0 +1,26 @@
+"""Where things live in the data dir: one place that knows the paths, for every process that needs them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataLayout:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def cluster_dir(self, cluster_id: str) -> Path:
+        return self.data_dir / "clusters" / cluster_id
+
+    def munge_key(self, cluster_id: str) -> Path:
+        return self.cluster_dir(cluster_id) / "munge.key"
+
+    def instance_dir(self, instance_id: str) -> Path:
+        return self.data_dir / "instances" / instance_id
+
+    def shared_secret(self, cluster_id: str) -> bytes | None:
+        """The cluster's munge key, for RegisterComputeNodeGroupInstance; None until the cluster has one."""
+        try:
+            return self.munge_key(cluster_id).read_bytes()
+        except FileNotFoundError:
+            return None
