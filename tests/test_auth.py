@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import configparser
 import datetime as dt
+import json
 import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -16,7 +19,10 @@ import boto3
 import botocore
 import botocore.auth
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from conftest import OpenPcs
 
@@ -94,6 +100,33 @@ def test_a_body_changed_after_signing_is_refused(server):
     pcs.meta.events.register("before-send.pcs.ListClusters", tamper)
     error = refusal(pcs.list_clusters)
     assert error["Code"] == "InvalidSignatureException"
+
+
+def signed_elsewhere(server: OpenPcs, service: str, region: str) -> tuple[int, str, dict]:
+    """ListClusters signed with the right key but a credential scoped to `service` in `region`."""
+    creds = server.credentials()
+    request = AWSRequest("POST", server.url + "/", data=b"{}", headers={
+        "X-Amz-Target": "AWSParallelComputingService.ListClusters", "Content-Type": "application/x-amz-json-1.0"})
+    key = Credentials(creds["aws_access_key_id"], creds["aws_secret_access_key"])
+    SigV4Auth(key, service, region).add_auth(request)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(request.url, data=request.body, method="POST",
+                                                           headers=dict(request.headers.items())), timeout=30):
+            raise AssertionError("accepted")
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.headers["x-amzn-ErrorType"], json.loads(refused.read())
+
+
+def test_a_credential_scoped_to_another_region_is_refused(server):
+    status, code, body = signed_elsewhere(server, "pcs", "eu-west-3")
+    assert (status, code) == (403, "InvalidSignatureException")
+    assert body["message"] == "Credential should be scoped to a valid region, not 'eu-west-3'. "
+
+
+def test_a_credential_scoped_to_another_service_is_refused(server):
+    status, code, body = signed_elsewhere(server, "ec2", server.credentials()["region"])
+    assert (status, code) == (403, "InvalidSignatureException")
+    assert body["message"] == "Credential should be scoped to correct service: 'pcs'. "
 
 
 @pytest.mark.parametrize("offset, words", [(-(FIFTEEN_MINUTES + dt.timedelta(minutes=1)), "Signature expired"),

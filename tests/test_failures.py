@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 from conftest import OpenPcs, create_cluster, create_node_group, error_of, node_group_params, wait_for, wait_gone
+from pgserver import PostgresServer
 
 
 @pytest.fixture
@@ -62,3 +63,25 @@ def test_node_group_that_cannot_launch_fails_and_recovers_by_update(server):
     with pytest.raises(pcs.exceptions.ConflictException) as blocked:
         pcs.update_cluster(clusterIdentifier=cluster["id"], slurmConfiguration={"scaleDownIdleTimeInSeconds": 60})
     assert error_of(blocked)["resourceId"] == retry["id"]
+
+
+def test_a_store_outage_is_an_internal_server_error_that_reveals_nothing(tmp_path):
+    with PostgresServer() as postgres:  # its own PostgreSQL: this test stops it
+        database = postgres.create_database("outage")
+        server = OpenPcs(tmp_path / "data", None, env={"OPENPCS_DATABASE": database}).start()
+        try:
+            pcs = server.client()
+            create_cluster(pcs, "before-the-outage", wait=False)
+            postgres.stop()
+            with pytest.raises(pcs.exceptions.InternalServerException) as refused:
+                pcs.list_clusters()
+            response = refused.value.response
+            assert response["ResponseMetadata"]["HTTPStatusCode"] == 500
+            assert response["Error"]["Message"].startswith("The service had an internal error; the request was "
+                                                           "not applied.")
+            body = str(response)
+            assert "Traceback" not in body and "psycopg" not in body and database not in body
+            request_id = response["ResponseMetadata"]["RequestId"]
+            assert f"internal error in ListClusters (request {request_id})" in server.log()  # the operator's view
+        finally:
+            server.stop()

@@ -13,7 +13,8 @@ from conftest import OpenPcs, create_cluster, unique
 
 def workers_of(server: OpenPcs) -> set[int]:
     children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
-    return {int(pid) for pid in children if _alive(pid) and b"openpcs.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+    return {int(pid) for pid in children
+            if _alive(pid) and b"openpcs.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()}
 
 
 def _alive(pid: str) -> bool:

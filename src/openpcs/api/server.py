@@ -77,7 +77,7 @@ class ApiApp:
             prefix, _, operation_name = target.partition(".")
             frontend = self.frontends.get(prefix)
             content_type = frontend.service.content_type if frontend else content_type
-            caller = self._authenticate(scope, headers, body)
+            caller = self._authenticate(scope, headers, body, frontend.service.signing_name if frontend else None)
             operation = frontend.service.operation(operation_name) if frontend else None
             if not target:
                 operation_name = "-"
@@ -157,9 +157,11 @@ class ApiApp:
             raise ApiError("RequestTimeoutException", "The request body was not received in time.",
                            status=408) from None
 
-    def _authenticate(self, scope: dict[str, Any], headers: dict[str, str], body: bytes) -> str:
+    def _authenticate(self, scope: dict[str, Any], headers: dict[str, str], body: bytes,
+                      service: str | None) -> str:
         return self.verifier.verify(scope["method"], scope.get("raw_path", b"/").split(b"?")[0].decode(),
-                                    scope.get("query_string", b"").decode("latin-1"), headers, body)
+                                    scope.get("query_string", b"").decode("latin-1"), headers, body,
+                                    service=service)
 
     @staticmethod
     def _parse(body: bytes) -> dict[str, Any]:

@@ -127,10 +127,15 @@ def _canonical_query(query: str) -> str:
 
 
 class SigV4Verifier:
-    """Verifies header-signed SigV4 requests; ``lookup_secret`` maps an access key id to its secret."""
+    """Verifies header-signed SigV4 requests; ``lookup_secret`` maps an access key id to its secret.
 
-    def __init__(self, lookup_secret: Callable[[str], str | None], max_skew_seconds: int = 900) -> None:
+    With ``region``, a credential scoped to any other region is refused, as AWS refuses it.
+    """
+
+    def __init__(self, lookup_secret: Callable[[str], str | None], max_skew_seconds: int = 900,
+                 region: str | None = None) -> None:
         self._lookup_secret = lookup_secret
+        self._region = region
         self._max_skew = max_skew_seconds
         self._skew_text = f"{max_skew_seconds // 60} min." if max_skew_seconds % 60 == 0 else (
             f"{max_skew_seconds} sec."
@@ -158,12 +163,13 @@ class SigV4Verifier:
         headers: Mapping[str, str],
         body: bytes,
         now: float | None = None,
+        service: str | None = None,
     ) -> str:
         """Returns the access key id that signed the request, or raises AuthError.
 
         `headers` has lower-case names (an ASGI server gives them so); `query` is the raw query string
         (no '?'); `path` is the raw, still percent-encoded path; `now` is a unix timestamp (defaults to
-        time.time()).
+        time.time()); `service`, if given, is the signing name the credential must be scoped to.
         """
         authorization = headers.get("authorization", "").strip()
         if not authorization:
@@ -204,7 +210,7 @@ class SigV4Verifier:
         match = _CREDENTIAL_RE.fullmatch(credential)
         if match is None:
             raise _incomplete(_credential_problem(credential), algorithm, params)
-        access_key, cred_date, region, service = match.groups()
+        access_key, cred_date, region, service_in_scope = match.groups()
 
         signed_headers = params["SignedHeaders"]
         if not _SIGNED_HEADERS_RE.fullmatch(signed_headers):
@@ -246,6 +252,12 @@ class SigV4Verifier:
             raise AuthError(
                 "UnrecognizedClientException", "The security token included in the request is invalid."
             )
+        if self._region is not None and region != self._region:
+            raise AuthError("InvalidSignatureException",
+                            f"Credential should be scoped to a valid region, not '{region}'. ")
+        if service is not None and service != service_in_scope:
+            raise AuthError("InvalidSignatureException",
+                            f"Credential should be scoped to correct service: '{service}'. ")
 
         if now is None:
             now = time.time()
@@ -297,7 +309,7 @@ class SigV4Verifier:
         ))
         # hmac.digest is the one-shot C path, faster than building an hmac.HMAC object.
         expected = hmac.digest(
-            self._signing_key(secret, cred_date, region, service), string_to_sign.encode("utf-8"), "sha256"
+            self._signing_key(secret, cred_date, region, service_in_scope), string_to_sign.encode("utf-8"), "sha256"
         ).hex()
         if not hmac.compare_digest(expected, signature):
             raise AuthError("InvalidSignatureException", _MISMATCH)
