@@ -12,10 +12,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import boto3
 import pytest
 from botocore.config import Config
+
+from openpcs import processes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pgserver import PostgresServer, postgres_available  # noqa: E402
@@ -34,8 +37,11 @@ def free_port() -> int:
 class OpenPcs:
     """One `openpcs serve` process, started and stopped by PID."""
 
+    created: ClassVar[list[OpenPcs]] = []  # every one made, so that what a test started is stopped after it
+
     def __init__(self, data_dir: Path, database: str | None = None, *extra: str,
                  env: dict[str, str] | None = None) -> None:
+        OpenPcs.created.append(self)
         self.data_dir, self.database, self.extra, self.env = data_dir, database, list(extra), env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -81,6 +87,16 @@ class OpenPcs:
         self.process.kill()
         self.process.wait()
         self._wait_workers_gone()
+
+    def close(self) -> None:
+        """Stop the server and every daemon its clusters started (they outlive the server by design), by the
+        PIDs recorded under the data dir: node agents, slurmd, slurmctld, munged."""
+        self.stop()
+        records = [*self.data_dir.glob("agents/*.json"), *self.data_dir.glob("instances/*/slurmd.json"),
+                   *self.data_dir.glob("clusters/*/run/slurmctld.json"),
+                   *self.data_dir.glob("clusters/*/run/munged.json")]
+        for record in records:
+            processes.stop(record, timeout=5)
 
     def _wait_workers_gone(self, timeout: float = 20.0) -> None:
         # The workers are in serve's process group (its session, by start_new_session) until they exit.
@@ -148,7 +164,17 @@ def openpcs(request, tmp_path_factory, postgres_url_factory) -> Iterator[OpenPcs
     database = postgres_url_factory() if request.param == "postgresql" else None
     server = OpenPcs(data_dir, database, "--max-clusters", "1000").start()
     yield server
-    server.stop()
+    server.close()
+    OpenPcs.created.remove(server)
+
+
+@pytest.fixture(autouse=True)
+def _close_what_the_test_started() -> Iterator[None]:
+    before = len(OpenPcs.created)
+    yield
+    for server in OpenPcs.created[before:]:
+        server.close()
+    del OpenPcs.created[before:]
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,8 @@ def server(tmp_path_factory) -> Iterator[OpenPcs]:
     """One SQLite-backed openpcs for the whole module: the store engine does not matter to auth."""
     running = OpenPcs(tmp_path_factory.mktemp("auth") / "data").start()
     yield running
-    running.stop()
+    running.close()
+    OpenPcs.created.remove(running)
 
 
 def client(server: OpenPcs, access_key: str, secret_key: str, **config: object):

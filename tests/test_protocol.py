@@ -48,7 +48,8 @@ def server(tmp_path_factory) -> Iterator[OpenPcs]:
     """One SQLite-backed openpcs for the whole module: the store engine does not matter to the protocol."""
     running = OpenPcs(tmp_path_factory.mktemp("protocol") / "data").start()
     yield running
-    running.stop()
+    running.close()
+    OpenPcs.created.remove(running)
 
 
 @pytest.fixture(scope="module")

@@ -101,4 +101,5 @@ def build_api(data_dir: Path, database: str | None, max_clusters: int,
     context = ServiceContext(views=Views(who.region, who.account), tokens=PageTokens(page_token_key(store)),
                              max_clusters=max_clusters, shared_secret=DataLayout(data_dir).shared_secret)
     pcs = Frontend(load_service("pcs"), Dispatcher(store, PcsHandlers(context), after_write=after_write))
-    return ApiApp([pcs], SigV4Verifier(KeyCache(store).secret, region=who.region)), store
+    keys = KeyCache(store)
+    return ApiApp([pcs], SigV4Verifier(keys.secret, region=who.region), keys.scope), store

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, delete, select, update
 
 from ..files import write_private
 from ..store.db import Store, access_keys
@@ -35,16 +35,27 @@ class AccessKey:
     description: str
     created_at: float
     revoked_at: float | None
+    scope: str | None = None  # the one operation the key may call ("pcs:RegisterComputeNodeGroupInstance")
 
 
 def create_key(store: Store, description: str) -> AccessKey:
-    key = AccessKey("AKOP" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(16)),
-                    "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(40)), description, time.time(), None)
     with store.write() as conn:
-        conn.execute(access_keys.insert().values(
-            access_key_id=key.access_key_id, secret_access_key=key.secret_access_key,
-            description=description, created_at=key.created_at))
+        return insert_key(conn, description)
+
+
+def insert_key(conn: Connection, description: str, scope: str | None = None) -> AccessKey:
+    key = AccessKey("AKOP" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(16)),
+                    "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(40)), description, time.time(), None,
+                    scope)
+    conn.execute(access_keys.insert().values(
+        access_key_id=key.access_key_id, secret_access_key=key.secret_access_key,
+        description=description, created_at=key.created_at, scope=scope))
     return key
+
+
+def delete_keys(conn: Connection, access_key_ids: list[str]) -> None:
+    if access_key_ids:
+        conn.execute(delete(access_keys).where(access_keys.c.access_key_id.in_(access_key_ids)))
 
 
 def list_keys(store: Store) -> list[AccessKey]:
@@ -74,22 +85,27 @@ def write_credentials_file(path: Path, key: AccessKey, region: str, profile: str
 
 
 class KeyCache:
-    """access key id -> secret, for the request path."""
+    """access key id -> secret (and scope), for the request path."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._keys: dict[str, str] = {}
+        self._keys: dict[str, AccessKey] = {}
         self._loaded = 0.0
         self._lock = threading.Lock()
 
     def _reload(self) -> None:
         with self._lock:
-            self._keys = {k.access_key_id: k.secret_access_key for k in list_keys(self._store)
-                          if k.revoked_at is None}
+            self._keys = {k.access_key_id: k for k in list_keys(self._store) if k.revoked_at is None}
             self._loaded = time.monotonic()
 
     def secret(self, access_key_id: str) -> str | None:
         stale = time.monotonic() - self._loaded > REFRESH_SECONDS
         if stale or access_key_id not in self._keys and time.monotonic() - self._loaded > 0.05:
             self._reload()
-        return self._keys.get(access_key_id)
+        key = self._keys.get(access_key_id)
+        return key.secret_access_key if key else None
+
+    def scope(self, access_key_id: str) -> str | None:
+        """The one operation a key may call, or None for any; asked only after the key signed a request."""
+        key = self._keys.get(access_key_id)
+        return key.scope if key else None

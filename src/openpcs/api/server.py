@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -49,9 +50,11 @@ class Frontend:
 
 
 class ApiApp:
-    def __init__(self, frontends: list[Frontend], verifier: SigV4Verifier) -> None:
+    def __init__(self, frontends: list[Frontend], verifier: SigV4Verifier,
+                 scope_of: Callable[[str], str | None] = lambda _key: None) -> None:
         self.frontends = {f.service.target_prefix: f for f in frontends}
         self.verifier = verifier
+        self.scope_of = scope_of
         # Writes wait for the store's write lock (BEGIN IMMEDIATE, or PostgreSQL's advisory lock), which a
         # reconciler or another process may hold for a while: they run on this one thread, in arrival order,
         # so that the event loop keeps answering reads (which never wait for a writer) meanwhile.
@@ -89,6 +92,10 @@ class ApiApp:
                 raise ApiError("ValidationException",
                                f"Unknown operation {target!r}. The X-Amz-Target header must name an operation "
                                f"of {', '.join(self.frontends)}.", reason="unknownOperation")
+            scope = self.scope_of(caller)
+            if scope is not None and scope != f"{frontend.service.signing_name}:{operation_name}":
+                raise ApiError("AccessDeniedException", f"User: {caller} is not authorized to perform: "
+                               f"{frontend.service.signing_name}:{operation_name}. This key may only call {scope}.")
             media_type = headers.get("content-type", "").split(";")[0].strip().lower()
             if media_type not in ACCEPTED_CONTENT_TYPES:
                 raise ApiError("ValidationException", f"Content-Type {media_type or 'missing'!r} is not "

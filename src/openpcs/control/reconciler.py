@@ -17,13 +17,16 @@ from ..domain import ids
 from ..store import resources as rows
 from ..store.db import IDEMPOTENCY_WINDOW_SECONDS, Store, idempotency
 from ..store.resources import Resource
-from .runtime import Runtime, RuntimeFailure
+from .failures import RuntimeFailure, RuntimePending
+from .runtime import Runtime
 
 log = logging.getLogger("openpcs.reconciler")
 
 FAILED = {"CREATING": "CREATE_FAILED", "UPDATING": "UPDATE_FAILED", "DELETING": "DELETE_FAILED"}
 # Even with nothing to do, look again this often (housekeeping, and writes from other processes).
 IDLE_INTERVAL_SECONDS = 2.0
+# While daemons start or nodes register (RuntimePending), look again this soon.
+PENDING_INTERVAL_SECONDS = 0.05
 PURGE_INTERVAL_SECONDS = 300.0
 
 
@@ -31,6 +34,7 @@ class Reconciler:
     def __init__(self, store: Store, runtime: Runtime) -> None:
         self.store, self.runtime = store, runtime
         self._last_purge = 0.0
+        self._pending = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
@@ -57,12 +61,13 @@ class Reconciler:
                 log.exception("reconcile pass failed")
                 progressed = False
             if not progressed:
-                self._wake.wait(IDLE_INTERVAL_SECONDS)
+                self._wake.wait(PENDING_INTERVAL_SECONDS if self._pending else IDLE_INTERVAL_SECONDS)
 
     def run_pass(self) -> bool:
         """One pass over everything in transition; True if any resource moved on."""
         with self.store.read() as conn:
             pending = rows.in_transition(conn)
+        self._pending = False
         return any([self._reconcile(resource) for resource in pending])
 
     def _reconcile(self, resource: Resource) -> bool:
@@ -88,6 +93,9 @@ class Reconciler:
                 state = getattr(self.runtime, f"converge_{_kind(resource)}")(*_args(cluster, resource))
                 done = self._record(resource, "ACTIVE", state)
                 outcome = "ACTIVE"
+        except RuntimePending:
+            self._pending = True
+            return False
         except RuntimeFailure as failure:
             error = {"code": failure.code, "message": failure.message}
             done = self._record(resource, FAILED[resource.status], {**resource.state, "errorInfo": [error]})

@@ -1,50 +1,64 @@
-"""Where resources become real: the seam between the control plane and the machines.
+"""Where resources become real: each cluster a running Slurm, each node group real nodes, each queue a partition.
 
 The reconciler calls `converge_*` to make a resource match its spec and `remove_*` to take it away; both
 are idempotent, so a restart can call them again at any point. Each returns the state the service
-reports (endpoints, secret references) or raises `RuntimeFailure`, which becomes the resource's
-errorInfo. This runtime keeps each cluster's secret and endpoints and issues each node group's
-instances with their bootstrap data; the Slurm daemons and the node provider plug in behind the same
-calls.
+reports (endpoints, secret references), raises `RuntimePending` while daemons start or nodes register
+(the reconciler looks again shortly), or raises `RuntimeFailure`, which becomes the resource's errorInfo.
+
+A cluster's Slurm configuration is rendered (slurm.config.render, a pure function) from the cluster and
+every node group and queue of it that is not being deleted; whenever it changes, slurmctld re-reads it,
+or restarts if the set of nodes changed (Slurm 22.05 cannot add or remove nodes otherwise). Its state
+is saved on stop, so queued and running jobs carry on.
 """
 
 from __future__ import annotations
 
 import secrets
 import shutil
-import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ..api.credentials import AccessKey, delete_keys, insert_key
+from ..domain import ids, instance_types
 from ..files import write_private
 from ..layout import DataLayout
+from ..providers.local import LocalProvider
+from ..slurm import config as slurm_config
+from ..slurm.controller import SlurmController
 from ..store import instances as instance_rows
+from ..store import resources as rows
 from ..store.db import Store
 from ..store.resources import Resource
+from .failures import RuntimeFailure, RuntimePending
+from .ports import Ports
+
+__all__ = ["Runtime", "RuntimeFailure", "RuntimePending"]
 
 MUNGE_KEY_BYTES = 1024
+REGISTER_SCOPE = "pcs:RegisterComputeNodeGroupInstance"
+# Slurm's node states (sinfo %T, lower case) of a node that is up and taking work.
+UP_STATES = {"idle", "mixed", "allocated", "completing"}
+# How long a node group may wait for its nodes before it fails with what Slurm says of them.
+NODES_TIMEOUT_SECONDS = 120.0
 
-
-class RuntimeFailure(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+_POWER_SCRIPT = """#!/bin/sh
+# Written by openpcs. Slurm's power saving calls this for the node group's CLOUD nodes (above
+# minInstanceCount). Launching and stopping them on demand is not implemented yet: the request is logged.
+echo "$(date -u +%FT%TZ) {action} $*" >> {log}
+"""
 
 
 class Runtime:
     def __init__(self, data_dir: Path, store: Store, region: str, account: str, api_url: str) -> None:
         self.data_dir, self.store = data_dir, store
-        self.layout = DataLayout(data_dir)
         self.region, self.account, self.api_url = region, account, api_url
+        self.layout = DataLayout(data_dir)
+        self.provider = LocalProvider(self.layout)
+        self._waiting_since: dict[str, float] = {}
 
     def _guard(self, what: str, action: Any) -> Any:
         try:
@@ -56,15 +70,17 @@ class Runtime:
     # -- clusters ---------------------------------------------------------------------------------
 
     def converge_cluster(self, cluster: Resource) -> dict[str, Any]:
-        directory = self.layout.cluster_dir(cluster.id)
         key = self.layout.munge_key(cluster.id)
 
         def prepare() -> None:
-            directory.mkdir(parents=True, exist_ok=True)
+            self.layout.cluster_dir(cluster.id).mkdir(parents=True, exist_ok=True, mode=0o700)
             if not key.exists():
                 write_private(key, secrets.token_bytes(MUNGE_KEY_BYTES))
 
         self._guard("prepare the cluster's directory and secret", prepare)
+        ports = Ports(self.layout, cluster.id)
+        port = ports.daemon("slurmctld")
+        self._sync_config(cluster)
         state = dict(cluster.state)
         state.pop("errorInfo", None)
         state.setdefault("authKey", {
@@ -72,6 +88,7 @@ class Runtime:
                          f"{cluster.id}",
             "secretVersion": str(uuid.uuid5(uuid.NAMESPACE_URL, cluster.id))})
         endpoints = {e["type"]: e for e in state.get("endpoints", [])}
+        endpoints["SLURMCTLD"] = {"type": "SLURMCTLD", "privateIpAddress": "127.0.0.1", "port": str(port)}
         wanted = ["SLURMCTLD"]
         slurm = cluster.spec["slurmConfiguration"]
         if slurm["accounting"]["mode"] == "STANDARD":
@@ -83,67 +100,239 @@ class Runtime:
                              f"{cluster.id}", "secretVersion": "1"}})
         else:
             state.pop("jwtAuth", None)
+        # slurmdbd and slurmrestd are not run yet; their endpoints are reserved ports.
         state["endpoints"] = [endpoints.get(kind) or {"type": kind, "privateIpAddress": "127.0.0.1",
-                                                      "port": str(_free_port())} for kind in wanted]
+                                                      "port": str(ports.daemon(kind.lower()))}
+                              for kind in wanted]
         return state
 
     def remove_cluster(self, cluster: Resource) -> None:
+        with self.store.read() as conn:
+            groups = rows.children(conn, cluster.id, ids.NODE_GROUP)
+        for group in groups:  # none, normally: a cluster with node groups cannot be deleted
+            self._terminate_instances(group)
+        SlurmController(self.layout, cluster.id).stop()
         directory = self.layout.cluster_dir(cluster.id)
-        self._guard("remove the cluster's files",
-                    lambda: shutil.rmtree(directory) if directory.exists() else None)
+        self._guard("remove the cluster's files", lambda: shutil.rmtree(directory) if directory.exists() else None)
 
     # -- compute node groups ----------------------------------------------------------------------
 
     def converge_node_group(self, cluster: Resource, group: Resource) -> dict[str, Any]:
-        """Keep minInstanceCount instances issued, named <group name>-<n> with the lowest free n."""
+        """Nodes defined in Slurm up to maxInstanceCount; minInstanceCount of them launched and IDLE."""
+        _instance_type(group)  # refuse an unknown type before anything starts
+        self._sync_config(cluster)
         wanted = group.spec["scalingConfiguration"]["minInstanceCount"]
+        issued = self._issue_instances(cluster, group, wanted)
+        log = self.layout.log_dir(cluster.id) / "agent.log"
+        to_launch, failed = [], []
+        for instance in issued:
+            status, detail = self.provider.status(instance.id)
+            if status == "absent":
+                to_launch.append(instance.id)
+            elif status == "failed":
+                failed.append((instance, detail))
+        self.provider.launch(to_launch, log)
+        if failed:
+            controller = SlurmController(self.layout, cluster.id)
+            for instance, detail in failed:
+                reason = f"openpcs: {detail}"[:200].replace('"', "'")
+                controller.scontrol("update", f"nodename={instance.node_name}", "state=down", f"reason={reason}")
+                self.provider.relaunch(instance.id)  # an update of the node group tries again
+            raise RuntimeFailure("NodeRegistrationFailed", "; ".join(
+                f"{instance.node_name} ({instance.id}): {detail}" for instance, detail in failed))
+        self._wait_for_nodes(cluster, group, [i.node_name for i in issued])
+        state = dict(group.state)
+        state.pop("errorInfo", None)
+        return state
+
+    def _issue_instances(self, cluster: Resource, group: Resource, wanted: int) -> list[instance_rows.Instance]:
+        """Keep `wanted` instances recorded, named <group name>-<n> with the lowest free n, each with its
+        bootstrap data and a key that may only register; surplus ones are terminated."""
         written: list[str] = []
         try:
             with self.store.write() as conn:
-                current = instance_rows.of_node_group(conn, group.id)
-                by_index = sorted(current, key=lambda i: _node_index(i.node_name))
-                surplus = by_index[wanted:]
-                instance_rows.terminate(conn, [i.id for i in surplus])
-                used = {_node_index(i.node_name) for i in by_index[:wanted]}
+                current = sorted(instance_rows.of_node_group(conn, group.id), key=lambda i: _node_index(i.node_name))
+                keep, surplus = current[:wanted], current[wanted:]
+                used = {_node_index(i.node_name) for i in keep}
                 free = (n for n in range(1, wanted + len(current) + 2) if n not in used)
-                for _ in range(wanted - len(current) + len(surplus)):
+                for _ in range(wanted - len(keep)):
+                    key = insert_key(conn, f"node group {group.id} instance", scope=REGISTER_SCOPE)
                     instance, bootstrap_id = instance_rows.launch(conn, cluster.id, group.id,
-                                                                  f"{group.name}-{next(free)}")
+                                                                  f"{group.name}-{next(free)}", key.access_key_id)
                     written.append(instance.id)
                     self._guard("write the instance's bootstrap data",
-                                lambda i=instance, b=bootstrap_id: self._write_bootstrap(cluster, i, b))
+                                lambda i=instance, b=bootstrap_id, k=key: self._write_bootstrap(cluster, i, b, k))
+                    keep.append(instance)
         except BaseException:
             # The transaction rolled back: take back the files of instances that were never recorded.
             for instance_id in written:
                 shutil.rmtree(self.layout.instance_dir(instance_id), ignore_errors=True)
             raise
-        for instance in surplus:
-            shutil.rmtree(self.layout.instance_dir(instance.id), ignore_errors=True)
-        state = dict(group.state)
-        state.pop("errorInfo", None)
-        return state
+        self._terminate(surplus)
+        return keep
 
-    def _write_bootstrap(self, cluster: Resource, instance: instance_rows.Instance, bootstrap_id: str) -> None:
+    def _write_bootstrap(self, cluster: Resource, instance: instance_rows.Instance, bootstrap_id: str,
+                         key: AccessKey) -> None:
         data = {"instanceId": instance.id, "clusterIdentifier": cluster.id, "bootstrapId": bootstrap_id,
-                "endpointUrl": self.api_url, "region": self.region}
+                "endpointUrl": self.api_url, "region": self.region, "accessKeyId": key.access_key_id,
+                "secretAccessKey": key.secret_access_key, "slurmConf": str(self.layout.slurm_conf(cluster.id)),
+                "logDir": str(self.layout.log_dir(cluster.id)),
+                "spoolDir": str(self.layout.cluster_dir(cluster.id) / "spool")}
         write_private(self.layout.instance_dir(instance.id) / "bootstrap.json", orjson.dumps(data))
 
+    def _wait_for_nodes(self, cluster: Resource, group: Resource, names: list[str]) -> None:
+        if not names:
+            return
+        states = self._node_states(cluster)
+        down = [n for n in names if states.get(n, ("", ""))[0] not in UP_STATES]
+        if not down:
+            self._waiting_since.pop(group.id, None)
+            return
+        since = self._waiting_since.setdefault(group.id, time.monotonic())
+        if time.monotonic() - since < NODES_TIMEOUT_SECONDS:
+            raise RuntimePending
+        self._waiting_since.pop(group.id, None)
+        raise RuntimeFailure("NodesNotReady", f"{len(down)} of {len(names)} nodes did not come up within "
+                                              f"{NODES_TIMEOUT_SECONDS:.0f} s: " + "; ".join(
+                                                  f"{n} is {states.get(n, ('unknown', ''))[0]}"
+                                                  + (f" ({states[n][1]})" if states.get(n, ('', ''))[1] else "")
+                                                  for n in down[:5]))
+
+    def _node_states(self, cluster: Resource) -> dict[str, tuple[str, str]]:
+        """node name -> (state, reason), from sinfo."""
+        out = SlurmController(self.layout, cluster.id).run("sinfo", "-h", "-N", "-o", "%N|%T|%E")
+        states = {}
+        for line in out.splitlines():
+            name, state, reason = (line.split("|", 2) + ["", ""])[:3]
+            states[name] = (state.lower(), "" if reason == "none" else reason)
+        return states
+
     def remove_node_group(self, cluster: Resource, group: Resource) -> None:
-        with self.store.write() as conn:
+        self._terminate_instances(group)
+        self._waiting_since.pop(group.id, None)
+        self._sync_config(cluster)
+
+    def _terminate_instances(self, group: Resource) -> None:
+        with self.store.read() as conn:
             issued = instance_rows.of_node_group(conn, group.id)
-            instance_rows.terminate(conn, [i.id for i in issued])
-        for instance in issued:
-            shutil.rmtree(self.layout.instance_dir(instance.id), ignore_errors=True)
+        self._terminate(issued)
+
+    def _terminate(self, instances: list[instance_rows.Instance]) -> None:
+        """Stop the instances' daemons, then forget them, their keys and their files."""
+        for instance in instances:
+            self.provider.terminate(instance.id)
+        if instances:
+            with self.store.write() as conn:
+                delete_keys(conn, [i.access_key_id for i in instances if i.access_key_id])
+                instance_rows.terminate(conn, [i.id for i in instances])
 
     # -- queues -----------------------------------------------------------------------------------
 
     def converge_queue(self, cluster: Resource, queue: Resource) -> dict[str, Any]:
+        self._sync_config(cluster)
         state = dict(queue.state)
         state.pop("errorInfo", None)
         return state
 
     def remove_queue(self, cluster: Resource, queue: Resource) -> None:
-        """A queue owns nothing outside the store yet; its Slurm partition goes with the config."""
+        self._sync_config(cluster)
+
+    # -- the cluster's Slurm --------------------------------------------------------------------
+
+    def _sync_config(self, cluster: Resource) -> None:
+        """Render the cluster's configuration from the store, write it, and have Slurm run by it."""
+        controller = SlurmController(self.layout, cluster.id)
+        with self.store.read() as conn:
+            cluster = rows.by_id(conn, cluster.id) or cluster
+            children = [r for r in rows.children(conn, cluster.id) if r.status != "DELETING"]
+        groups = [r for r in children if r.kind == ids.NODE_GROUP]
+        queues = [r for r in children if r.kind == ids.QUEUE]
+        spec = self._cluster_spec(cluster, groups, queues)
+        previous = controller.conf.read_bytes() if controller.conf.exists() else None
+        changed = self._guard("write the cluster's Slurm configuration",
+                              lambda: controller.write_config(slurm_config.render(spec)))
+        was_running = controller.running()
+        try:
+            if not was_running:
+                controller.ensure_running()
+            elif changed and _node_lines(previous) != _node_lines(controller.conf.read_bytes()):
+                controller.restart_slurmctld()
+                controller.reconfigure()  # the running slurmds learn the new nodes too
+            elif changed:
+                controller.reconfigure()
+        except RuntimeFailure:
+            if previous is not None and was_running:
+                # Put back what ran before, so that a rejected change leaves the cluster as it was.
+                write_private(controller.conf, previous)
+                if not controller.running():
+                    controller.ensure_running()
+            raise
+
+    def _cluster_spec(self, cluster: Resource, groups: list[Resource], queues: list[Resource]) -> Any:
+        slurm = cluster.spec["slurmConfiguration"]
+        ports = Ports(self.layout, cluster.id)
+        group_specs, names_by_id = [], {}
+        all_nodes: list[str] = []
+        for group in sorted(groups, key=lambda g: g.name):
+            scaling = group.spec["scalingConfiguration"]
+            itype = _instance_type(group)
+            names = [f"{group.name}-{n}" for n in range(1, scaling["maxInstanceCount"] + 1)]
+            all_nodes += names
+            names_by_id[group.id] = group.name
+            group_specs.append(dict(name=group.name, static_nodes=scaling["minInstanceCount"],
+                                    max_nodes=scaling["maxInstanceCount"], cpus=itype.vcpus,
+                                    real_memory_mib=itype.memory_mib, gres=itype.gres,
+                                    custom_settings=_settings(group.spec.get("slurmConfiguration", {})
+                                                              .get("slurmCustomSettings")), names=names))
+        node_ports = ports.nodes(all_nodes)
+        run = self.layout.run_dir(cluster.id)
+        conf_dir = self.layout.conf_dir(cluster.id)
+        paths = slurm_config.SlurmPaths(
+            conf_dir=str(conf_dir), state_dir=str(self.layout.cluster_dir(cluster.id) / "state"),
+            log_dir=str(self.layout.log_dir(cluster.id)), spool_dir=str(self.layout.cluster_dir(cluster.id) / "spool"),
+            run_dir=str(run), munge_socket=str(self.layout.munge_socket(cluster.id)),
+            resume_program=str(self._power_script(cluster, "resume")),
+            suspend_program=str(self._power_script(cluster, "suspend")))
+        return slurm_config.ClusterSpec(
+            cluster_name=cluster.id, controller_port=ports.daemon("slurmctld"),
+            scale_down_idle_seconds=slurm["scaleDownIdleTimeInSeconds"],
+            custom_settings=_settings(slurm.get("slurmCustomSettings")),
+            cgroup_settings=_settings(slurm.get("cgroupCustomSettings")),
+            node_groups=tuple(slurm_config.NodeGroupSpec(
+                **{k: v for k, v in g.items() if k != "names"}, ports={n: node_ports[n] for n in g["names"]})
+                for g in group_specs),
+            queues=tuple(slurm_config.QueueSpec(
+                name=q.name,
+                node_groups=tuple(names_by_id[c["computeNodeGroupId"]]
+                                  for c in q.spec.get("computeNodeGroupConfigurations") or []
+                                  if c["computeNodeGroupId"] in names_by_id),
+                custom_settings=_settings(q.spec.get("slurmConfiguration", {}).get("slurmCustomSettings")))
+                for q in sorted(queues, key=lambda q: q.name)),
+            paths=paths)
+
+    def _power_script(self, cluster: Resource, action: str) -> Path:
+        path = self.layout.conf_dir(cluster.id) / f"{action}.sh"
+        content = _POWER_SCRIPT.format(action=action, log=self.layout.log_dir(cluster.id) / "power.log").encode()
+        if not path.exists() or path.read_bytes() != content:
+            write_private(path, content)
+            path.chmod(0o700)
+        return path
+
+
+def _instance_type(group: Resource) -> instance_types.InstanceType:
+    name = group.spec["instanceConfigs"][0]["instanceType"]
+    found = instance_types.lookup(name)
+    if found is None:
+        raise RuntimeFailure("UnknownInstanceType", f"Instance type {name} is not in openpcs's catalog.")
+    return found
+
+
+def _settings(items: list[dict[str, str]] | None) -> tuple[tuple[str, str], ...]:
+    return tuple((s["parameterName"], s["parameterValue"]) for s in items or [])
+
+
+def _node_lines(conf: bytes | None) -> list[bytes]:
+    return [] if conf is None else [line for line in conf.splitlines() if line.startswith(b"NodeName=")]
 
 
 def _node_index(node_name: str) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..api.errors import field_error, quota_exceeded, validation_error
+from . import instance_types
 
 SCHEDULER_VERSIONS = ("23.11", "24.05", "24.11", "25.05")
 
@@ -52,7 +53,7 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]+")
 _SUBNET = re.compile(r"subnet-\w{8,17}")
 _LAUNCH_TEMPLATE_ID = re.compile(r"lt-[0-9a-z]{8,17}")
 _LAUNCH_TEMPLATE_VERSION = re.compile(r"[0-9]+|\$Latest|\$Default")
-_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+")
+_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9-]+")  # c7i.metal-48xl has a hyphen
 # The ARN carries an IAM path without its leading slash: instance-profile/aws-pcs/NAME has path /aws-pcs/.
 _INSTANCE_PROFILE = re.compile(r"arn:aws[a-zA-Z-]{0,10}:iam::[0-9]{12}:instance-profile/(?P<path>.*/)?(?P<name>[^/]+)")
 
@@ -145,9 +146,23 @@ def check_instance_configs(configs: list[dict[str, str]]) -> None:
                                              "Member must have length greater than or equal to 1")
     for index, config in enumerate(configs, start=1):
         instance_type = config.get("instanceType") or ""
+        field = f"instanceConfigs.{index}.member.instanceType"
         if not _INSTANCE_TYPE.fullmatch(instance_type):
-            raise field_error(f"instanceConfigs.{index}.member.instanceType",
-                              f"'{instance_type}' is not an instance type (for example c6i.xlarge)")
+            raise field_error(field, f"'{instance_type}' is not an instance type (for example c6i.xlarge)")
+        if instance_types.lookup(instance_type) is None:
+            raise field_error(field, _unknown_instance_type(instance_type))
+
+
+def _unknown_instance_type(instance_type: str) -> str:
+    """Why an instance type missing from the catalog is refused, and what to use instead."""
+    family = instance_type.partition(".")[0]
+    known = instance_types.sizes(family)
+    if known:
+        return (f"Instance type '{instance_type}' is not supported: {family} comes in "
+                f"{', '.join(known)}. Use one of those sizes, for example {family}.{known[0]}")
+    return (f"Instance type '{instance_type}' is not supported: openpcs knows the figures of the "
+            f"{', '.join(instance_types.families())} families only. Use a type of one of them, for example "
+            "c6i.xlarge")
 
 
 def check_scaling(scaling: dict[str, int]) -> None:

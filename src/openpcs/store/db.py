@@ -28,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -64,6 +65,7 @@ instances = Table(
     Column("status", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("registered_at", Float),
+    Column("access_key_id", String(32)),  # the instance's key (access_keys), scoped to registering
 )
 
 # How long a clientToken is remembered (AWS's window): the dispatcher honours it, the reconciler purges after it.
@@ -85,6 +87,9 @@ access_keys = Table(
     Column("description", String(256), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    # None: any operation. Otherwise the one operation the key may call, e.g. an instance's
+    # "pcs:RegisterComputeNodeGroupInstance".
+    Column("scope", String(128)),
 )
 
 settings = Table(
@@ -112,8 +117,20 @@ class Store:
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.engine = self._engine()
         metadata.create_all(self.engine)
+        self._add_new_columns()
         self._readers = threading.local()
         self._all_readers: list[Reader] = []
+
+    def _add_new_columns(self) -> None:
+        """Bring a store made by an older openpcs up to date: columns added since are all nullable."""
+        existing = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in metadata.sorted_tables:
+                have = {column["name"] for column in existing.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in have:
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
 
     def _engine(self) -> Engine:
         if not self.is_sqlite:

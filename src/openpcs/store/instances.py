@@ -19,6 +19,7 @@ class Instance:
     node_group_id: str
     node_name: str
     status: str
+    access_key_id: str | None = None  # the instance's own key, which may only register it
 
 
 def _hash(bootstrap_id: str) -> str:
@@ -27,16 +28,19 @@ def _hash(bootstrap_id: str) -> str:
 
 def _from_row(row) -> Instance:  # noqa: ANN001 - a SQLAlchemy row
     m = row._mapping
-    return Instance(m["id"], m["cluster_id"], m["node_group_id"], m["node_name"], m["status"])
+    return Instance(m["id"], m["cluster_id"], m["node_group_id"], m["node_name"], m["status"], m["access_key_id"])
 
 
-def launch(conn: Connection, cluster_id: str, node_group_id: str, node_name: str) -> tuple[Instance, str]:
+def launch(conn: Connection, cluster_id: str, node_group_id: str, node_name: str,
+           access_key_id: str | None = None) -> tuple[Instance, str]:
     """Record a new instance; returns it with its bootstrap id, which is stored only as a hash."""
     bootstrap_id = secrets.token_urlsafe(32)
-    instance = Instance("i-" + secrets.token_hex(9)[:17], cluster_id, node_group_id, node_name, "pending")
+    instance = Instance("i-" + secrets.token_hex(9)[:17], cluster_id, node_group_id, node_name, "pending",
+                        access_key_id)
     conn.execute(instances.insert().values(
         id=instance.id, cluster_id=cluster_id, node_group_id=node_group_id, node_name=node_name,
-        bootstrap_hash=_hash(bootstrap_id), status=instance.status, created_at=time.time()))
+        bootstrap_hash=_hash(bootstrap_id), status=instance.status, created_at=time.time(),
+        access_key_id=access_key_id))
     return instance, bootstrap_id
 
 

@@ -1,0 +1,105 @@
+"""The node agent: what runs on an instance to make it a Slurm node, through the PCS API.
+
+For each instance directory it is given, it reads bootstrap.json (written 0600 by the provider that
+launched the instance), calls RegisterComputeNodeGroupInstance over HTTP, signed with the instance's
+own key, which may call nothing else, writes the cluster's munge key it receives (0600), and starts
+slurmd as the node name it was given. An instance on another host would do the same; the local
+provider runs one agent for a batch of instances, so that a few hundred nodes cost one Python start.
+
+A failure is written to the instance's failure.txt, where the control plane reads it (and marks the
+node DOWN in Slurm with it). While the agent works on an instance it holds that directory's
+agent.lock, so a second agent never starts a second slurmd.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import orjson
+import urllib3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from . import processes
+from .files import write_private
+from .slurm.controller import binary
+
+REGISTER_TARGET = "AWSParallelComputingService.RegisterComputeNodeGroupInstance"
+# The API may be restarting: keep trying this long before giving up on an instance.
+REGISTER_PATIENCE_SECONDS = 60.0
+PARALLEL_REGISTRATIONS = 8
+
+_http = urllib3.PoolManager(maxsize=PARALLEL_REGISTRATIONS, retries=False, timeout=30.0)
+
+
+class RegistrationRefused(Exception):
+    pass
+
+
+def register(boot: dict) -> dict:
+    """RegisterComputeNodeGroupInstance, retried while the API is unreachable or answers 5xx."""
+    body = orjson.dumps({"clusterIdentifier": boot["clusterIdentifier"], "bootstrapId": boot["bootstrapId"]})
+    deadline = time.monotonic() + REGISTER_PATIENCE_SECONDS
+    while True:
+        request = AWSRequest("POST", boot["endpointUrl"].rstrip("/") + "/", data=body, headers={
+            "X-Amz-Target": REGISTER_TARGET, "Content-Type": "application/x-amz-json-1.0"})
+        SigV4Auth(Credentials(boot["accessKeyId"], boot["secretAccessKey"]), "pcs", boot["region"]).add_auth(request)
+        try:
+            response = _http.request("POST", request.url, body=body, headers=dict(request.headers.items()))
+        except urllib3.exceptions.HTTPError as exc:
+            problem = f"the API at {boot['endpointUrl']} is unreachable: {exc}"
+        else:
+            answer = orjson.loads(response.data or b"{}")
+            if response.status == 200:
+                return answer
+            problem = f"{answer.get('__type', response.status)}: {answer.get('message', '')}"
+            if response.status < 500:
+                raise RegistrationRefused(f"RegisterComputeNodeGroupInstance was refused: {problem}")
+        if time.monotonic() > deadline:
+            raise RegistrationRefused(f"RegisterComputeNodeGroupInstance failed for {REGISTER_PATIENCE_SECONDS:.0f}"
+                                      f" s; last: {problem}")
+        time.sleep(0.5)
+
+
+def bring_up(directory: Path) -> bool:
+    """Register the instance and start its slurmd; False (with failure.txt written) if that failed."""
+    with open(directory / "agent.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True  # another agent is bringing this instance up
+        if processes.adopt(directory / "slurmd.json") is not None:
+            return True
+        try:
+            boot = orjson.loads((directory / "bootstrap.json").read_bytes())
+            answer = register(boot)
+            write_private(directory / "munge.key", base64.b64decode(answer["sharedSecret"]))
+            node = answer["nodeID"]
+            conf = boot["slurmConf"]  # the local provider shares the cluster's configuration, as NFS would
+            (Path(boot["spoolDir"]) / node).mkdir(parents=True, exist_ok=True)
+            processes.spawn([binary("slurmd"), "-D", "-N", node, "-f", conf], directory / "slurmd.json",
+                            Path(boot["logDir"]) / f"slurmd-{node}.out", env={"SLURM_CONF": conf, "PATH": _PATH})
+        except Exception as exc:  # one instance's failure must not stop the others
+            write_private(directory / "failure.txt", str(exc).encode())
+            return False
+        (directory / "failure.txt").unlink(missing_ok=True)
+        return True
+
+
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def main(directories: list[str]) -> int:
+    with ThreadPoolExecutor(PARALLEL_REGISTRATIONS) as pool:
+        results = list(pool.map(bring_up, [Path(d) for d in directories]))
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

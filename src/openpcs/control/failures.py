@@ -1,0 +1,15 @@
+"""How the runtime tells the reconciler that a change failed, or is under way and must be looked at again."""
+
+from __future__ import annotations
+
+
+class RuntimeFailure(Exception):
+    """The change cannot be made; `code` and `message` become the resource's errorInfo."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class RuntimePending(Exception):
+    """The change is under way (daemons starting, nodes registering): look again shortly."""

@@ -1,0 +1,103 @@
+"""Daemons that outlive `openpcs serve`: started in their own session, tracked by PID and start time.
+
+munged, slurmctld and each node's slurmd keep running when the control plane stops or crashes, so a
+crash never kills a job. Each is recorded in a small JSON file (its PID and the kernel's start time of
+that PID), which a restarted server reads to re-adopt the daemon rather than start a second one; the
+start time tells a live daemon from an unrelated process that got the same PID later. Stopping is by
+PID (its session's process group), never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from .files import write_private
+
+
+@dataclass(frozen=True)
+class Daemon:
+    pid: int
+    start_time: int  # clock ticks after boot, field 22 of /proc/PID/stat
+
+    def alive(self) -> bool:
+        stat = _stat(self.pid)
+        return stat is not None and stat[1] == self.start_time and stat[0] != "Z"
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time) of a process, or None if there is none with this PID."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[19])
+
+
+# Children this process started: polled so that they are reaped, never left as zombies.
+_children: dict[int, subprocess.Popen] = {}
+
+
+def spawn(argv: Sequence[str], record: Path, log: Path, env: Mapping[str, str] | None = None,
+          cwd: Path | None = None) -> Daemon:
+    """Start `argv` in a new session (stdin /dev/null, output appended to `log`) and record it."""
+    _reap()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env=dict(env) if env is not None else None, cwd=cwd)
+    stat = _stat(process.pid)
+    daemon = Daemon(process.pid, stat[1] if stat else 0)
+    _children[process.pid] = process
+    write_private(record, orjson.dumps({"pid": daemon.pid, "startTime": daemon.start_time, "argv": list(argv)}))
+    return daemon
+
+
+def adopt(record: Path) -> Daemon | None:
+    """The daemon `record` describes if it still runs; None (and the record removed) if it has gone."""
+    _reap()
+    try:
+        data = orjson.loads(record.read_bytes())
+    except FileNotFoundError:
+        return None
+    daemon = Daemon(data["pid"], data["startTime"])
+    if daemon.alive():
+        return daemon
+    record.unlink(missing_ok=True)
+    return None
+
+
+def stop(record: Path, timeout: float = 10.0) -> None:
+    """Stop the recorded daemon and everything in its session: SIGTERM, then SIGKILL after `timeout`."""
+    daemon = adopt(record)
+    if daemon is not None:
+        terminate(daemon, timeout)
+    record.unlink(missing_ok=True)
+
+
+def terminate(daemon: Daemon, timeout: float = 10.0) -> None:
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if not daemon.alive():
+            break
+        try:
+            os.killpg(daemon.pid, sig)  # its session's group: the daemon leads it (start_new_session)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while daemon.alive() and time.monotonic() < deadline:
+            _reap()
+            time.sleep(0.02)
+    _reap()
+
+
+def _reap() -> None:
+    for pid, process in list(_children.items()):
+        if process.poll() is not None:
+            del _children[pid]

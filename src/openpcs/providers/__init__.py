@@ -1,0 +1,1 @@
+"""Where instances run. `local` (processes on this host) is the one provider so far."""

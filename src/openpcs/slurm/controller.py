@@ -1,0 +1,154 @@
+"""A cluster's controller: its own munged and slurmctld, started or re-adopted, reconfigured and stopped.
+
+Both run in the foreground of their own session (munged -F, slurmctld -D), recorded by PID and start
+time (openpcs.processes), so they outlive `openpcs serve` and a restarted server adopts them. munged
+runs with --force: it would refuse a socket under the data dir, which is private (0700) because it
+holds secrets; every daemon and client of the cluster runs as the same user, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from .. import processes
+from ..control.failures import RuntimeFailure
+from ..files import write_private
+from ..layout import DataLayout
+
+START_TIMEOUT_SECONDS = 15.0
+STOP_TIMEOUT_SECONDS = 15.0
+# Lines of a daemon's log that say why it stopped.
+_REASON = re.compile(r"\b(fatal|error):\s*(.*)")
+
+
+def binary(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if path is None:
+        raise RuntimeFailure("SlurmNotInstalled", f"{name} is not installed. Run the README's set-up command "
+                                                  "(scripts/setup.sh), which installs Slurm and munge.")
+    return path
+
+
+class SlurmController:
+    def __init__(self, layout: DataLayout, cluster_id: str) -> None:
+        self.layout, self.cluster_id = layout, cluster_id
+        self.run_dir = layout.run_dir(cluster_id)
+        self.log_dir = layout.log_dir(cluster_id)
+        self.conf = layout.slurm_conf(cluster_id)
+
+    def env(self) -> dict[str, str]:
+        """The environment for Slurm's commands against this cluster."""
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    # -- configuration ------------------------------------------------------------------------------
+
+    def write_config(self, files: dict[str, str]) -> bool:
+        """Write the rendered files; True if any changed. Written whole or not at all, as slurmctld reads."""
+        changed = False
+        for name, content in sorted(files.items()):
+            path = self.conf.parent / name
+            data = content.encode()
+            if path.exists() and path.read_bytes() == data:
+                continue
+            write_private(path, data)
+            changed = True
+        return changed
+
+    # -- daemons ------------------------------------------------------------------------------------
+
+    def ensure_running(self) -> None:
+        """munged, then slurmctld answering `scontrol ping`; each adopted if it already runs."""
+        self._ensure_munged()
+        if processes.adopt(self.run_dir / "slurmctld.json") is None:
+            self._start_slurmctld()
+
+    def restart_slurmctld(self) -> None:
+        """Stop (it saves its state: running jobs carry on) and start again, e.g. for new node definitions."""
+        processes.stop(self.run_dir / "slurmctld.json", STOP_TIMEOUT_SECONDS)
+        self._start_slurmctld()
+
+    def reconfigure(self) -> None:
+        """Have slurmctld and every slurmd re-read the configuration."""
+        self.scontrol("reconfigure")
+
+    def running(self) -> bool:
+        return processes.adopt(self.run_dir / "slurmctld.json") is not None and self.ping()
+
+    def ping(self) -> bool:
+        done = subprocess.run([binary("scontrol"), "ping"], env=self.env(), capture_output=True, text=True,
+                              timeout=30)
+        return done.returncode == 0 and "is UP" in done.stdout
+
+    def stop(self) -> None:
+        processes.stop(self.run_dir / "slurmctld.json", STOP_TIMEOUT_SECONDS)
+        processes.stop(self.run_dir / "munged.json", STOP_TIMEOUT_SECONDS)
+
+    def scontrol(self, *args: str) -> str:
+        return self.run("scontrol", *args)
+
+    def run(self, command: str, *args: str) -> str:
+        """A Slurm client command against this cluster; its output, or RuntimeFailure with its error."""
+        done = subprocess.run([binary(command), *args], env=self.env(), capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeFailure("SlurmError", f"{command} {' '.join(args)} failed: "
+                                               f"{(done.stderr or done.stdout).strip()}")
+        return done.stdout
+
+    def _ensure_munged(self) -> None:
+        record = self.run_dir / "munged.json"
+        if processes.adopt(record) is not None:
+            return
+        socket = self.layout.munge_socket(self.cluster_id)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.chmod(0o755)  # munged wants its socket's directory searchable
+        socket.unlink(missing_ok=True)
+        log = self.log_dir / "munged.log"
+        daemon = processes.spawn(
+            [binary("munged"), "--foreground", "--force", f"--key-file={self.layout.munge_key(self.cluster_id)}",
+             f"--socket={socket}", f"--pid-file={self.run_dir / 'munged.pid'}", f"--log-file={log}",
+             f"--seed-file={self.run_dir / 'munged.seed'}"], record, self.log_dir / "munged.out")
+        self._wait("munged", daemon, lambda: socket.exists(), [log, self.log_dir / "munged.out"])
+
+    def _start_slurmctld(self) -> None:
+        for directory in (self.layout.cluster_dir(self.cluster_id) / "state", self.log_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        out = self.log_dir / "slurmctld.out"
+        offset = out.stat().st_size if out.exists() else 0
+        daemon = processes.spawn([binary("slurmctld"), "-D", "-f", str(self.conf)], self.run_dir / "slurmctld.json",
+                                 out, env=self.env())
+        self._wait("slurmctld", daemon, self.ping, [out], offset)
+
+    def _wait(self, name: str, daemon: processes.Daemon, ready, logs: list[Path], offset: int = 0) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            if not daemon.alive():
+                raise RuntimeFailure(f"{name.capitalize()}Failed",
+                                     f"{name} did not start: {_reason(logs, offset) or 'it exited without a message'}"
+                                     f" (log: {logs[0]})")
+            time.sleep(0.02)
+        processes.terminate(daemon)
+        raise RuntimeFailure(f"{name.capitalize()}Failed", f"{name} did not answer within {START_TIMEOUT_SECONDS:.0f}"
+                                                           f" s: {_reason(logs, offset) or 'no error logged'}")
+
+
+def _reason(logs: list[Path], offset: int) -> str:
+    """Slurm's own words for why a daemon stopped: its last fatal (else error) lines since `offset`."""
+    found: dict[str, list[str]] = {"fatal": [], "error": []}
+    for log in logs:
+        try:
+            with open(log, "rb") as handle:
+                handle.seek(offset if log == logs[0] else 0)
+                text = handle.read().decode(errors="replace")
+        except FileNotFoundError:
+            continue
+        for match in _REASON.finditer(text):
+            found[match.group(1)].append(match.group(2).strip())
+    lines = found["fatal"] or found["error"]
+    return "; ".join(dict.fromkeys(lines[-3:]))
