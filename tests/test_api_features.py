@@ -17,6 +17,7 @@ from conftest import (
     node_group_params,
     unique,
     wait_for,
+    wait_gone,
 )
 
 # -- idempotency --------------------------------------------------------------------------------------
@@ -96,7 +97,9 @@ def test_pagination_is_complete_and_stable_under_concurrent_writes(pcs):
         seen += [q["id"] for q in page["queues"]]
         token = page.get("nextToken")
     assert seen == made + [newer]
-    # botocore's paginator walks the same pages.
+    # botocore's paginator walks the same pages, once the deleted queue is gone.
+    wait_gone(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=made[0]),
+              pcs.exceptions.ResourceNotFoundException)
     walked = pcs.get_paginator("list_queues").paginate(clusterIdentifier=cluster["id"],
                                                        PaginationConfig={"PageSize": 2})
     assert [q["id"] for page in walked for q in page["queues"]] == made[1:] + [newer]

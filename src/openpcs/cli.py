@@ -134,7 +134,8 @@ def credentials_list(data_dir: Path | None, database: str | None) -> None:
     """List access keys (never their secrets)."""
     for key in list_keys(_key_store(data_dir, database)):
         state = "revoked" if key.revoked_at else "active"
-        click.echo(f"{key.access_key_id}\t{state}\t{key.description}")
+        scope = f"\tmay only call {key.scope}" if key.scope else ""
+        click.echo(f"{key.access_key_id}\t{state}\t{key.description}{scope}")
 
 
 @credentials.command("revoke")
@@ -147,3 +148,43 @@ def credentials_revoke(data_dir: Path | None, database: str | None, access_key_i
         click.echo(f"No active access key {access_key_id}; see 'openpcs credentials list'.", err=True)
         sys.exit(1)
     click.echo(f"Revoked {access_key_id}.")
+
+
+@main.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@data_dir_option
+@database_option
+@click.argument("cluster")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(data_dir: Path | None, database: str | None, cluster: str, command: tuple[str, ...]) -> None:
+    """Run a Slurm command against CLUSTER (its name or id): openpcs exec demo -- sinfo."""
+    from .domain import ids
+    from .layout import DataLayout
+    from .store import resources as rows
+
+    command = command[1:] if command[0] == "--" else command  # `--` is optional; click keeps it here
+    if not command:
+        raise click.UsageError("Name a Slurm command to run, e.g. openpcs exec demo -- sinfo")
+    directory = _data_dir(data_dir)
+    with _key_store(data_dir, database).read() as conn:
+        found = rows.find(conn, ids.CLUSTER, cluster)
+    if found is None:
+        raise click.ClickException(f"No cluster {cluster!r} in this openpcs (data dir {directory}). "
+                                   "'aws pcs list-clusters' lists them.")
+    conf = DataLayout(directory).slurm_conf(found.id)
+    if not conf.exists():
+        raise click.ClickException(f"Cluster {found.name} ({found.id}) is {found.status} and has no running Slurm yet.")
+    try:
+        os.execvpe(command[0], list(command), {**os.environ, "SLURM_CONF": str(conf)})
+    except FileNotFoundError:
+        raise click.ClickException(f"{command[0]}: command not found. Slurm's client commands (sbatch, srun, "
+                                   "squeue, sinfo, scontrol, scancel) come with the slurm-client package.") from None
+
+
+@main.command()
+def version() -> None:
+    """The versions of openpcs, of the Slurm it runs, and the scheduler versions its API accepts."""
+    from .domain.rules import SCHEDULER_VERSIONS
+    from .slurm.controller import slurm_version
+
+    click.echo(f"openpcs {__version__}\nSlurm {slurm_version() or 'not installed'} (what every cluster runs)\n"
+               f"scheduler versions the API accepts: {', '.join(sorted(SCHEDULER_VERSIONS))}")

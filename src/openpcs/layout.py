@@ -1,14 +1,22 @@
 """Where things live in the data dir: one place that knows the paths, for every process that needs them.
 
-    DATA/clusters/<cluster id>/   munge.key, etc/ (slurm.conf ...), state/, spool/<node>/, run/ (munge
-                                  socket, pid files, daemon records), ports.json
+    DATA/clusters/<cluster id>/   munge.key, etc/ (slurm.conf ...), state/, run/ (pid files, daemon
+                                  records), ports.json
+    /run/openpcs/<hash>/          the cluster's munge socket and slurmd spool dirs (short paths: sockets)
     DATA/instances/<instance id>/ bootstrap.json, the instance's munge key, its daemon record
     DATA/logs/<cluster id>/       munged, slurmctld and slurmd logs; kept after the cluster is deleted
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from pathlib import Path
+
+# /run is a tmpfs meant for this; where it is not ours to write, the temp dir.
+_SOCKET_BASE = Path("/run/openpcs") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir()) / (
+    f"openpcs-{os.getuid()}")
 
 
 class DataLayout:
@@ -30,8 +38,20 @@ class DataLayout:
     def run_dir(self, cluster_id: str) -> Path:
         return self.cluster_dir(cluster_id) / "run"
 
+    def socket_dir(self, cluster_id: str) -> Path:
+        """A short directory for the cluster's unix sockets (munged's; slurmd's, in its spool) and nothing else.
+
+        A unix socket's path has at most 107 bytes, and slurmd names its step sockets
+        <spool>/<node>_<job>.<step>: under a data dir of any depth they would not fit.
+        """
+        digest = hashlib.sha256(str(self.cluster_dir(cluster_id).resolve()).encode()).hexdigest()[:10]
+        return _SOCKET_BASE / digest
+
     def munge_socket(self, cluster_id: str) -> Path:
-        return self.run_dir(cluster_id) / "munge.socket"
+        return self.socket_dir(cluster_id) / "munge.socket"
+
+    def spool_dir(self, cluster_id: str) -> Path:
+        return self.socket_dir(cluster_id) / "spool"
 
     def log_dir(self, cluster_id: str) -> Path:
         return self.data_dir / "logs" / cluster_id

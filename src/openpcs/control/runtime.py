@@ -13,6 +13,7 @@ is saved on stop, so queued and running jobs carry on.
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 import time
@@ -40,8 +41,10 @@ __all__ = ["Runtime", "RuntimeFailure", "RuntimePending"]
 
 MUNGE_KEY_BYTES = 1024
 REGISTER_SCOPE = "pcs:RegisterComputeNodeGroupInstance"
-# Slurm's node states (sinfo %T, lower case) of a node that is up and taking work.
-UP_STATES = {"idle", "mixed", "allocated", "completing"}
+# Slurm's node states (scontrol: BASE+FLAG+...) of a node that is up and taking work, and flags that deny it.
+UP_STATES = {"IDLE", "MIXED", "ALLOCATED", "COMPLETING"}
+NOT_UP_FLAGS = {"NOT_RESPONDING", "POWERED_DOWN", "POWERING_UP", "POWERING_DOWN", "DRAIN", "FAIL", "INVALID_REG"}
+_NODE_FIELD = re.compile(r"\b(NodeName|State|Reason)=(.*?)(?= \w+=|$)")
 # How long a node group may wait for its nodes before it fails with what Slurm says of them.
 NODES_TIMEOUT_SECONDS = 120.0
 
@@ -112,8 +115,9 @@ class Runtime:
         for group in groups:  # none, normally: a cluster with node groups cannot be deleted
             self._terminate_instances(group)
         SlurmController(self.layout, cluster.id).stop()
-        directory = self.layout.cluster_dir(cluster.id)
-        self._guard("remove the cluster's files", lambda: shutil.rmtree(directory) if directory.exists() else None)
+        for directory in (self.layout.socket_dir(cluster.id), self.layout.cluster_dir(cluster.id)):
+            self._guard("remove the cluster's files",
+                        lambda d=directory: shutil.rmtree(d) if d.exists() else None)
 
     # -- compute node groups ----------------------------------------------------------------------
 
@@ -177,14 +181,14 @@ class Runtime:
                 "endpointUrl": self.api_url, "region": self.region, "accessKeyId": key.access_key_id,
                 "secretAccessKey": key.secret_access_key, "slurmConf": str(self.layout.slurm_conf(cluster.id)),
                 "logDir": str(self.layout.log_dir(cluster.id)),
-                "spoolDir": str(self.layout.cluster_dir(cluster.id) / "spool")}
+                "spoolDir": str(self.layout.spool_dir(cluster.id))}
         write_private(self.layout.instance_dir(instance.id) / "bootstrap.json", orjson.dumps(data))
 
     def _wait_for_nodes(self, cluster: Resource, group: Resource, names: list[str]) -> None:
         if not names:
             return
         states = self._node_states(cluster)
-        down = [n for n in names if states.get(n, ("", ""))[0] not in UP_STATES]
+        down = [n for n in names if not node_is_up(states.get(n, ("UNKNOWN", ""))[0])]
         if not down:
             self._waiting_since.pop(group.id, None)
             return
@@ -194,18 +198,13 @@ class Runtime:
         self._waiting_since.pop(group.id, None)
         raise RuntimeFailure("NodesNotReady", f"{len(down)} of {len(names)} nodes did not come up within "
                                               f"{NODES_TIMEOUT_SECONDS:.0f} s: " + "; ".join(
-                                                  f"{n} is {states.get(n, ('unknown', ''))[0]}"
+                                                  f"{n} is {states.get(n, ('UNKNOWN', ''))[0]}"
                                                   + (f" ({states[n][1]})" if states.get(n, ('', ''))[1] else "")
                                                   for n in down[:5]))
 
     def _node_states(self, cluster: Resource) -> dict[str, tuple[str, str]]:
-        """node name -> (state, reason), from sinfo."""
-        out = SlurmController(self.layout, cluster.id).run("sinfo", "-h", "-N", "-o", "%N|%T|%E")
-        states = {}
-        for line in out.splitlines():
-            name, state, reason = (line.split("|", 2) + ["", ""])[:3]
-            states[name] = (state.lower(), "" if reason == "none" else reason)
-        return states
+        """node name -> (state, reason), from scontrol: sinfo would not show nodes that are in no partition."""
+        return node_states(SlurmController(self.layout, cluster.id).scontrol("-o", "show", "node"))
 
     def remove_node_group(self, cluster: Resource, group: Resource) -> None:
         self._terminate_instances(group)
@@ -289,7 +288,7 @@ class Runtime:
         conf_dir = self.layout.conf_dir(cluster.id)
         paths = slurm_config.SlurmPaths(
             conf_dir=str(conf_dir), state_dir=str(self.layout.cluster_dir(cluster.id) / "state"),
-            log_dir=str(self.layout.log_dir(cluster.id)), spool_dir=str(self.layout.cluster_dir(cluster.id) / "spool"),
+            log_dir=str(self.layout.log_dir(cluster.id)), spool_dir=str(self.layout.spool_dir(cluster.id)),
             run_dir=str(run), munge_socket=str(self.layout.munge_socket(cluster.id)),
             resume_program=str(self._power_script(cluster, "resume")),
             suspend_program=str(self._power_script(cluster, "suspend")))
@@ -317,6 +316,21 @@ class Runtime:
             write_private(path, content)
             path.chmod(0o700)
         return path
+
+
+def node_states(scontrol_show_node: str) -> dict[str, tuple[str, str]]:
+    """`scontrol -o show node` -> {node name: (state, reason)}."""
+    states = {}
+    for line in scontrol_show_node.splitlines():
+        fields = dict(_NODE_FIELD.findall(line))
+        if "NodeName" in fields:
+            states[fields["NodeName"]] = (fields.get("State", "UNKNOWN"), fields.get("Reason", ""))
+    return states
+
+
+def node_is_up(state: str) -> bool:
+    base, *flags = state.split("+")
+    return base in UP_STATES and not NOT_UP_FLAGS.intersection(flags)
 
 
 def _instance_type(group: Resource) -> instance_types.InstanceType:

@@ -2,8 +2,8 @@
 
 Both run in the foreground of their own session (munged -F, slurmctld -D), recorded by PID and start
 time (openpcs.processes), so they outlive `openpcs serve` and a restarted server adopts them. munged
-runs with --force: it would refuse a socket under the data dir, which is private (0700) because it
-holds secrets; every daemon and client of the cluster runs as the same user, so nothing is lost.
+runs with --force, which lets it run where it would otherwise refuse the permissions of a directory
+on its socket's path (a private temp dir, say); munge authenticates each client's uid regardless.
 """
 
 from __future__ import annotations
@@ -32,6 +32,15 @@ def binary(name: str) -> str:
         raise RuntimeFailure("SlurmNotInstalled", f"{name} is not installed. Run the README's set-up command "
                                                   "(scripts/setup.sh), which installs Slurm and munge.")
     return path
+
+
+def slurm_version() -> str | None:
+    """The Slurm that actually runs ("22.05.8"), whatever scheduler version the API was asked for."""
+    path = shutil.which("slurmctld") or shutil.which("slurmctld", path="/usr/sbin:/usr/bin")
+    if path is None:
+        return None
+    done = subprocess.run([path, "-V"], capture_output=True, text=True, timeout=30)
+    return done.stdout.split()[-1] if done.returncode == 0 and done.stdout.split() else None
 
 
 class SlurmController:
@@ -105,7 +114,7 @@ class SlurmController:
             return
         socket = self.layout.munge_socket(self.cluster_id)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.chmod(0o755)  # munged wants its socket's directory searchable
+        socket.parent.mkdir(parents=True, exist_ok=True)
         socket.unlink(missing_ok=True)
         log = self.log_dir / "munged.log"
         daemon = processes.spawn(

@@ -1,0 +1,258 @@
+"""Every resource is real: clusters run slurmctld, node groups run slurmd nodes, queues are partitions, and
+jobs submitted with `openpcs exec` run on them. Real Slurm daemons throughout; each test stops what it
+started (conftest closes every server and the daemons recorded under its data dir)."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import OpenPcs, create_cluster, create_node_group, create_queue, unique, wait_for, wait_gone
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One SQLite-backed openpcs for the module: the store engine does not matter to Slurm."""
+    running = OpenPcs(tmp_path_factory.mktemp("slurm") / "data", None, "--max-clusters", "20").start()
+    yield running
+    running.close()
+    OpenPcs.created.remove(running)
+
+
+def openpcs_exec(server: OpenPcs, cluster: str, *command: str, check: bool = True,
+                 timeout: float = 120) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "openpcs", "exec", "--data-dir", str(server.data_dir), cluster,
+                           "--", *command], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"openpcs exec {cluster} -- {' '.join(command)}: {done.stderr}")
+    return done
+
+
+def node_states(server: OpenPcs, cluster: str) -> dict[str, str]:
+    """Every node Slurm knows (sinfo would hide those in no partition) -> its state, e.g. IDLE+CLOUD."""
+    out = openpcs_exec(server, cluster, "scontrol", "-o", "show", "node").stdout
+    return dict(re.search(r"NodeName=(\S+) .*\bState=(\S+)", line).groups() for line in out.splitlines()
+                if line.startswith("NodeName="))
+
+
+def daemons_of(path: Path) -> list[int]:
+    """PIDs of processes whose command line mentions `path` (the data dir of a server)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(path).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def cluster_with_nodes(pcs, nodes: int = 2, max_nodes: int = 4, queue: bool = True, **group) -> tuple:
+    cluster = create_cluster(pcs, unique())
+    ng = create_node_group(pcs, cluster["id"], min_count=nodes, max_count=max_nodes, **group)
+    q = create_queue(pcs, cluster["id"], [ng["id"]]) if queue else None
+    return cluster, ng, q
+
+
+def test_a_cluster_is_a_running_slurmctld(server):
+    pcs = server.client()
+    cluster = create_cluster(pcs, unique())
+    endpoint = cluster["endpoints"][0]
+    assert endpoint["type"] == "SLURMCTLD" and endpoint["privateIpAddress"] == "127.0.0.1"
+    assert "is UP" in openpcs_exec(server, cluster["name"], "scontrol", "ping").stdout
+    config = openpcs_exec(server, cluster["id"], "scontrol", "show", "config").stdout
+    assert f"SlurmctldPort           = {endpoint['port']}" in config
+    assert f"ClusterName             = {cluster['id']}" in config
+    key = server.data_dir / "clusters" / cluster["id"] / "munge.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "secretArn" in cluster["slurmConfiguration"]["authKey"]  # a reference, never the key
+
+
+def test_two_clusters_run_two_node_jobs_side_by_side(server, tmp_path):
+    pcs = server.client()
+    clusters = [cluster_with_nodes(pcs) for _ in range(2)]
+    for cluster, group, queue in clusters:
+        assert all(s == "IDLE" for n, s in node_states(server, cluster["name"]).items()
+                   if n in (f"{group['name']}-1", f"{group['name']}-2"))
+        out = tmp_path / f"{cluster['name']}.txt"
+        openpcs_exec(server, cluster["name"], "sbatch", "-p", queue["name"], "-N2", "--wait", "-o", str(out),
+                     "--wrap", "srun bash -c 'echo $SLURMD_NODENAME'")
+        assert sorted(out.read_text().split()) == [f"{group['name']}-1", f"{group['name']}-2"]
+
+
+def test_nodes_above_the_minimum_are_power_saving_cloud_nodes(server):
+    pcs = server.client()
+    cluster, group, _ = cluster_with_nodes(pcs, nodes=1, max_nodes=3,
+                                           instanceConfigs=[{"instanceType": "g5.2xlarge"}])
+    states = node_states(server, cluster["name"])
+    assert states[f"{group['name']}-1"] == "IDLE"
+    assert states[f"{group['name']}-2"] == states[f"{group['name']}-3"] == "IDLE+CLOUD+POWERED_DOWN"
+    node = openpcs_exec(server, cluster["name"], "scontrol", "show", "node", f"{group['name']}-1").stdout
+    assert "CPUTot=8" in node and "RealMemory=32768" in node and "gpu:a10g:1" in node  # g5.2xlarge
+
+
+def test_queues_are_partitions_holding_their_node_groups_nodes(server, tmp_path):
+    pcs = server.client()
+    cluster = create_cluster(pcs, unique())
+    a = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
+    b = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
+    both = create_queue(pcs, cluster["id"], [a["id"], b["id"]])
+    only_b = create_queue(pcs, cluster["id"], [b["id"]])
+    also_b = create_queue(pcs, cluster["id"], [b["id"]])
+    parts = openpcs_exec(server, cluster["name"], "sinfo", "-h", "-o", "%R %N").stdout.split("\n")
+    partitions = dict(line.split() for line in parts if line)
+    assert partitions[both["name"]] in (f"{a['name']}-1,{b['name']}-1", f"{b['name']}-1,{a['name']}-1")
+    assert partitions[only_b["name"]] == partitions[also_b["name"]] == f"{b['name']}-1"
+    out = tmp_path / "where.txt"
+    openpcs_exec(server, cluster["name"], "sbatch", "-p", only_b["name"], "-N1", "--wait", "-o", str(out),
+                 "--wrap", "echo $SLURMD_NODENAME")
+    assert out.read_text().split() == [f"{b['name']}-1"]  # a job runs only on its queue's nodes
+
+
+def test_custom_settings_take_effect_in_the_running_slurm(server):
+    pcs = server.client()
+    cluster = create_cluster(pcs, unique(), slurmConfiguration={
+        "scaleDownIdleTimeInSeconds": 900,
+        "slurmCustomSettings": [{"parameterName": "FirstJobId", "parameterValue": "5000"}],
+        "cgroupCustomSettings": [{"parameterName": "ConstrainCores", "parameterValue": "yes"}]})
+    group = create_node_group(pcs, cluster["id"], min_count=1, max_count=2, slurmConfiguration={
+        "slurmCustomSettings": [{"parameterName": "Features", "parameterValue": "fast,big"},
+                                {"parameterName": "Weight", "parameterValue": "7"}]})
+    queue = pcs.create_queue(clusterIdentifier=cluster["id"], queueName=unique("q"),
+                             computeNodeGroupConfigurations=[{"computeNodeGroupId": group["id"]}],
+                             slurmConfiguration={"slurmCustomSettings": [
+                                 {"parameterName": "MaxTime", "parameterValue": "01:30:00"}]})["queue"]
+    wait_for(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]), "queue",
+             ("ACTIVE",))
+    config = openpcs_exec(server, cluster["name"], "scontrol", "show", "config").stdout
+    assert "FirstJobId              = 5000" in config
+    assert "SuspendTime             = 900 sec" in config
+    node = openpcs_exec(server, cluster["name"], "scontrol", "show", "node", f"{group['name']}-1").stdout
+    assert "AvailableFeatures=fast,big" in node and "Weight=7" in node
+    partition = openpcs_exec(server, cluster["name"], "scontrol", "show", "partition", queue["name"]).stdout
+    assert "MaxTime=01:30:00" in partition
+    cgroup = (server.data_dir / "clusters" / cluster["id"] / "etc" / "cgroup.conf").read_text()
+    assert "ConstrainCores=yes" in cgroup
+
+
+def test_a_setting_slurm_rejects_fails_the_cluster_with_slurms_message(server):
+    pcs = server.client()
+    cluster = pcs.create_cluster(clusterName=unique(), scheduler={"type": "SLURM", "version": "24.11"}, size="SMALL",
+                                 networking={"subnetIds": ["subnet-0123456789abcdef0"]}, slurmConfiguration={
+                                     "slurmCustomSettings": [{"parameterName": "SelectTypeParameters",
+                                                              "parameterValue": "CR_Nonsense"}]})["cluster"]
+    failed = wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("CREATE_FAILED",))
+    message = failed["errorInfo"][0]["message"]
+    assert message.startswith("slurmctld did not start:") and "CR_Nonsense" in message, message
+    assert not daemons_of(server.data_dir / "clusters" / cluster["id"] / "etc")  # no slurmctld left running
+
+
+def test_an_update_applies_live_and_a_running_job_completes(server, tmp_path):
+    pcs = server.client()
+    cluster, group, queue = cluster_with_nodes(pcs, nodes=2, max_nodes=2)
+    out = tmp_path / "long.txt"
+    job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-N1", "-o", str(out),
+                       "--wrap", "sleep 3; echo done").stdout.strip()
+    pcs.update_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=group["id"],
+                                  scalingConfiguration={"minInstanceCount": 2, "maxInstanceCount": 3})
+    wait_for(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster["id"],
+                                                computeNodeGroupIdentifier=group["id"]), "computeNodeGroup",
+             ("ACTIVE",), timeout=60)
+    pcs.update_cluster(clusterIdentifier=cluster["id"], slurmConfiguration={"scaleDownIdleTimeInSeconds": 1200})
+    wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("ACTIVE",), timeout=60)
+    assert f"{group['name']}-3" in node_states(server, cluster["name"])  # the new CLOUD node is defined
+    assert "SuspendTime             = 1200 sec" in openpcs_exec(server, cluster["name"], "scontrol", "show",
+                                                                 "config").stdout
+    wait_job_done(server, cluster["name"], job)
+    assert out.read_text().strip() == "done"
+
+
+def wait_job_done(server: OpenPcs, cluster: str, job: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = openpcs_exec(server, cluster, "scontrol", "show", "job", job).stdout
+        if "JobState=COMPLETED" in state:
+            return
+        assert "JobState=FAILED" not in state and "JobState=CANCELLED" not in state, state
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} did not complete: {state}")
+
+
+def test_kill9_of_the_server_leaves_jobs_alone_and_the_restart_adopts_every_daemon(tmp_path):
+    data = tmp_path / "data"
+    first = OpenPcs(data).start()
+    pcs = first.client()
+    cluster, group, queue = cluster_with_nodes(pcs, nodes=2, max_nodes=2)
+    out = tmp_path / "survivor.txt"
+    job = openpcs_exec(first, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-N2", "-o", str(out),
+                       "--wrap", "sleep 2; srun bash -c 'echo $SLURMD_NODENAME'").stdout.strip()
+    before = sorted(daemons_of(data))
+    first.kill9()
+    assert sorted(daemons_of(data)) == before  # slurmctld, munged and each slurmd carry on without it
+    second = OpenPcs(data)
+    second.port, second.url = first.port, first.url
+    second.start()
+    pcs = second.client()
+    pcs.update_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"],
+                     slurmConfiguration={"slurmCustomSettings": [{"parameterName": "MaxTime",
+                                                                  "parameterValue": "02:00:00"}]})
+    wait_for(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]), "queue",
+             ("ACTIVE",))
+    wait_job_done(second, cluster["name"], job)
+    assert sorted(out.read_text().split()) == [f"{group['name']}-1", f"{group['name']}-2"]
+    daemons = [pid for pid in daemons_of(data) if pid not in _serve_pids(second)]
+    assert sorted(daemons) == before  # the same daemons: none duplicated, none orphaned
+
+
+def _serve_pids(server: OpenPcs) -> set[int]:
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+    return {server.process.pid, *map(int, children)}
+
+
+def test_deletes_leave_no_process_and_no_file_behind(server):
+    pcs = server.client()
+    cluster, group, queue = cluster_with_nodes(pcs, nodes=2, max_nodes=3)
+    cluster_dir = server.data_dir / "clusters" / cluster["id"]
+    assert daemons_of(cluster_dir)
+    pcs.delete_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"])
+    wait_gone(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]),
+              pcs.exceptions.ResourceNotFoundException)
+    assert queue["name"] not in openpcs_exec(server, cluster["name"], "sinfo", "-h", "-o", "%R").stdout.split()
+    pcs.delete_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=group["id"])
+    wait_gone(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster["id"],
+                                                 computeNodeGroupIdentifier=group["id"]),
+              pcs.exceptions.ResourceNotFoundException, timeout=30)
+    assert not node_states(server, cluster["name"])  # no node of the group is left in Slurm
+    pcs.delete_cluster(clusterIdentifier=cluster["id"])
+    wait_gone(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), pcs.exceptions.ResourceNotFoundException,
+              timeout=30)
+    assert not daemons_of(cluster_dir) and not cluster_dir.exists()
+    assert (server.data_dir / "logs" / cluster["id"] / "slurmctld.log").exists()  # logs stay, as documented
+
+
+def test_exec_names_a_wrong_cluster(server):
+    done = openpcs_exec(server, "no-such-cluster", "sinfo", check=False)
+    assert done.returncode != 0 and "No cluster 'no-such-cluster'" in done.stderr
+
+
+def test_instance_secrets_are_private_and_their_keys_may_only_register(server):
+    pcs = server.client()
+    cluster, group, _ = cluster_with_nodes(pcs, nodes=1, max_nodes=1, queue=False)
+    instance = next(p for p in (server.data_dir / "instances").iterdir()
+                    if '"' + cluster["id"] + '"' in (p / "bootstrap.json").read_text())
+    for name in ("bootstrap.json", "munge.key"):
+        assert stat.S_IMODE((instance / name).stat().st_mode) == 0o600
+    boot = __import__("json").loads((instance / "bootstrap.json").read_text())
+    scoped = server.client(access_key=boot["accessKeyId"], secret_key=boot["secretAccessKey"])
+    with pytest.raises(scoped.exceptions.AccessDeniedException):
+        scoped.list_clusters()
+    log = server.log()
+    assert boot["secretAccessKey"] not in log and boot["bootstrapId"] not in log
+    assert os.path.exists(instance / "slurmd.json")
