@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine for openpcs: system packages, then a virtualenv in .venv with openpcs.
-#   scripts/setup.sh          what `openpcs serve` needs
+#   scripts/setup.sh          what `openpcs serve` needs (Slurm and munge from Debian, openpcs in .venv)
 #   scripts/setup.sh --test   plus what the tests need (PostgreSQL, the AWS CLI, pytest, moto, ruff)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,10 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 packages=()
+# Every cluster is a real Slurm: its controller, nodes and client commands, and munge for their auth.
+for tool in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || packages+=("${tool##*:}")
+done
 if [ "$want_test" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     packages+=(postgresql)
 fi

@@ -13,6 +13,7 @@ is saved on stop, so queued and running jobs carry on.
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import shutil
@@ -38,6 +39,8 @@ from .failures import RuntimeFailure, RuntimePending
 from .ports import Ports
 
 __all__ = ["Runtime", "RuntimeFailure", "RuntimePending"]
+
+log = logging.getLogger("openpcs.runtime")
 
 MUNGE_KEY_BYTES = 1024
 REGISTER_SCOPE = "pcs:RegisterComputeNodeGroupInstance"
@@ -247,27 +250,47 @@ class Runtime:
         groups = [r for r in children if r.kind == ids.NODE_GROUP]
         queues = [r for r in children if r.kind == ids.QUEUE]
         spec = self._cluster_spec(cluster, groups, queues)
-        previous = controller.conf.read_bytes() if controller.conf.exists() else None
-        changed = self._guard("write the cluster's Slurm configuration",
-                              lambda: controller.write_config(slurm_config.render(spec)))
+        self._guard("create the stand-in GPU device files", lambda: _gpu_devices(spec))
+        files = slurm_config.render(spec)
+        previous = controller.read_config()
+        plan = slurm_config.plan_reload(previous, files)
         was_running = controller.running()
+        if not plan.changed and was_running:
+            return
+        if plan.changed:
+            controller.check_config(files)  # Slurm's own parser, before a running slurmctld sees the files
+            self._guard("write the cluster's Slurm configuration", lambda: controller.write_config(files))
         try:
             if not was_running:
                 controller.ensure_running()
-            elif changed and _node_lines(previous) != _node_lines(controller.conf.read_bytes()):
+            elif plan.restart_slurmctld:
+                log.info("cluster %s: restarting slurmctld (%s)", cluster.id, "; ".join(plan.restart_slurmctld))
                 controller.restart_slurmctld()
-                controller.reconfigure()  # the running slurmds learn the new nodes too
-            elif changed:
+                controller.reconfigure()  # running slurmd re-read slurm.conf too
+                self._restart_nodes(cluster, plan.restart_slurmd)
+            else:
                 controller.reconfigure()
         except RuntimeFailure:
-            if previous is not None and was_running:
+            if previous and was_running:
                 # Put back what ran before, so that a rejected change leaves the cluster as it was.
-                write_private(controller.conf, previous)
+                controller.write_config(previous)
                 if not controller.running():
                     controller.ensure_running()
             raise
 
-    def _cluster_spec(self, cluster: Resource, groups: list[Resource], queues: list[Resource]) -> Any:
+    def _restart_nodes(self, cluster: Resource, names: tuple[str, ...]) -> None:
+        """Nodes whose CPUs, memory or GRES changed: their slurmd restarts (the agent brings it up again)."""
+        if not names:
+            return
+        with self.store.read() as conn:
+            instances = [i for g in rows.children(conn, cluster.id, ids.NODE_GROUP)
+                         for i in instance_rows.of_node_group(conn, g.id) if i.node_name in names]
+        for instance in instances:
+            self.provider.stop(instance.id)
+        self.provider.launch([i.id for i in instances], self.layout.log_dir(cluster.id) / "agent.log")
+
+    def _cluster_spec(self, cluster: Resource, groups: list[Resource],
+                      queues: list[Resource]) -> slurm_config.ClusterSpec:
         slurm = cluster.spec["slurmConfiguration"]
         ports = Ports(self.layout, cluster.id)
         group_specs, names_by_id = [], {}
@@ -318,6 +341,15 @@ class Runtime:
         return path
 
 
+def _gpu_devices(spec: slurm_config.ClusterSpec) -> None:
+    """GPUs of the local provider's nodes are stand-ins: slurmd needs a device file for each, not a GPU."""
+    for name in slurm_config.gpu_device_files(spec):
+        device = Path(name)
+        if not device.is_symlink():
+            device.parent.mkdir(parents=True, exist_ok=True)
+            device.symlink_to("/dev/null")
+
+
 def node_states(scontrol_show_node: str) -> dict[str, tuple[str, str]]:
     """`scontrol -o show node` -> {node name: (state, reason)}."""
     states = {}
@@ -343,10 +375,6 @@ def _instance_type(group: Resource) -> instance_types.InstanceType:
 
 def _settings(items: list[dict[str, str]] | None) -> tuple[tuple[str, str], ...]:
     return tuple((s["parameterName"], s["parameterValue"]) for s in items or [])
-
-
-def _node_lines(conf: bytes | None) -> list[bytes]:
-    return [] if conf is None else [line for line in conf.splitlines() if line.startswith(b"NodeName=")]
 
 
 def _node_index(node_name: str) -> int:

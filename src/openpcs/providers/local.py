@@ -60,6 +60,10 @@ class LocalProvider:
         """Forget a failure so that the next launch tries again."""
         (self.layout.instance_dir(instance_id) / "failure.txt").unlink(missing_ok=True)
 
+    def stop(self, instance_id: str) -> None:
+        """Stop the instance's slurmd and keep the instance: a launch brings it up again."""
+        processes.stop(self.layout.instance_dir(instance_id) / "slurmd.json")
+
     def terminate(self, instance_id: str) -> None:
         directory = self.layout.instance_dir(instance_id)
         processes.stop(directory / "slurmd.json")

@@ -127,8 +127,9 @@ def gpu_device_dir(paths: SlurmPaths) -> str:
 
 def gpu_device_files(spec: ClusterSpec) -> list[str]:
     """The files gres.conf names as GPUs. The runtime creates them before it starts a slurmd with GPUs:
-    symlinks to /dev/null do (Slurm only checks each is a character or block device); a missing one stops
-    the slurmd. Every node shares them: they are names, and CUDA_VISIBLE_DEVICES counts from 0 per job."""
+    symlinks to /dev/null do (Slurm only checks each is a character or block device). While one is missing,
+    slurmd never registers ("Waiting for gres.conf file"). Every node shares them: they are only names, and
+    a job's CUDA_VISIBLE_DEVICES counts from 0."""
     counts = [_gpu_count(item) for group in spec.node_groups if group.max_nodes > 0
               for item in _parse_gres(_get(_node_settings(group), "Gres")) if item.name == GPU]
     return [f"{gpu_device_dir(spec.paths)}/gpu{index}" for index in range(max(counts, default=0))]

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,6 +56,25 @@ class SlurmController:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
     # -- configuration ------------------------------------------------------------------------------
+
+    def read_config(self) -> dict[str, str]:
+        """The configuration files as last written (empty before the first write)."""
+        if not self.conf.parent.is_dir():
+            return {}
+        return {path.name: path.read_text() for path in self.conf.parent.glob("*.conf")}
+
+    def check_config(self, files: dict[str, str]) -> None:
+        """Have Slurm's parser read slurm.conf before it is used: RuntimeFailure with its words if it refuses."""
+        with tempfile.TemporaryDirectory(prefix="openpcs-check-") as scratch:
+            for name, content in files.items():
+                Path(scratch, name).write_text(content)
+            done = subprocess.run([binary("scontrol"), "show", "hostnames", "x"], capture_output=True, text=True,
+                                  env={**os.environ, "SLURM_CONF": str(Path(scratch, "slurm.conf"))}, timeout=30)
+        if done.returncode != 0:
+            problems = [line.split(":", 1)[1].strip() for line in done.stderr.splitlines()
+                        if line.startswith(("scontrol: error:", "scontrol: fatal:"))]
+            raise RuntimeFailure("SlurmConfigurationRejected", "Slurm rejected the configuration: "
+                                 + ("; ".join(problems) or done.stderr.strip()))
 
     def write_config(self, files: dict[str, str]) -> bool:
         """Write the rendered files; True if any changed. Written whole or not at all, as slurmctld reads."""
@@ -148,7 +168,7 @@ class SlurmController:
 
 
 def _reason(logs: list[Path], offset: int) -> str:
-    """Slurm's own words for why a daemon stopped: its last fatal (else error) lines since `offset`."""
+    """Slurm's own words for why a daemon stopped: its last error lines and its fatal one, since `offset`."""
     found: dict[str, list[str]] = {"fatal": [], "error": []}
     for log in logs:
         try:
@@ -159,5 +179,6 @@ def _reason(logs: list[Path], offset: int) -> str:
             continue
         for match in _REASON.finditer(text):
             found[match.group(1)].append(match.group(2).strip())
-    lines = found["fatal"] or found["error"]
-    return "; ".join(dict.fromkeys(lines[-3:]))
+    # The errors usually name the cause ("Bad SelectTypeParameter: X"), the fatal line the consequence.
+    errors = [line for line in dict.fromkeys(found["error"]) if "pmix" not in line.lower() and "MPI" not in line]
+    return "; ".join(errors[-3:] + found["fatal"][-1:])
