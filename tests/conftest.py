@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from botocore.config import Config
 
 from openpcs import processes
+from openpcs.layout import DataLayout
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pgserver import PostgresServer, postgres_available  # noqa: E402
@@ -97,6 +99,9 @@ class OpenPcs:
                    *self.data_dir.glob("clusters/*/run/munged.json")]
         for record in records:
             processes.stop(record, timeout=5)
+        layout = DataLayout(self.data_dir)
+        for cluster in self.data_dir.glob("clusters/*"):
+            shutil.rmtree(layout.socket_dir(cluster.name), ignore_errors=True)
 
     def _wait_workers_gone(self, timeout: float = 20.0) -> None:
         # The workers are in serve's process group (its session, by start_new_session) until they exit.
