@@ -98,11 +98,11 @@ def main() -> int:
             results.append((f"sbatch -N2 --wait {when} (job {job}) -> COMPLETED", time.monotonic() - t0, None))
     finally:
         started.cleanup()
-        for record in [*data.glob("agents/*.json"), *data.glob("instances/*/slurmd.json"),
-                       *data.glob("clusters/*/run/slurmctld.json"), *data.glob("clusters/*/run/munged.json")]:
+        layout = DataLayout(data)
+        for record in layout.daemon_records():
             processes.stop(record, timeout=5)
         for cluster_dir in data.glob("clusters/*"):
-            shutil.rmtree(DataLayout(data).socket_dir(cluster_dir.name), ignore_errors=True)
+            shutil.rmtree(layout.socket_dir(cluster_dir.name), ignore_errors=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     met = True

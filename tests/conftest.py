@@ -94,12 +94,9 @@ class OpenPcs:
         """Stop the server and every daemon its clusters started (they outlive the server by design), by the
         PIDs recorded under the data dir: node agents, slurmd, slurmctld, munged."""
         self.stop()
-        records = [*self.data_dir.glob("agents/*.json"), *self.data_dir.glob("instances/*/slurmd.json"),
-                   *self.data_dir.glob("clusters/*/run/slurmctld.json"),
-                   *self.data_dir.glob("clusters/*/run/munged.json")]
-        for record in records:
-            processes.stop(record, timeout=5)
         layout = DataLayout(self.data_dir)
+        for record in layout.daemon_records():
+            processes.stop(record, timeout=5)
         for cluster in self.data_dir.glob("clusters/*"):
             shutil.rmtree(layout.socket_dir(cluster.name), ignore_errors=True)
 

@@ -257,3 +257,28 @@ def test_instance_secrets_are_private_and_their_keys_may_only_register(server):
     log = server.log()
     assert boot["secretAccessKey"] not in log and boot["bootstrapId"] not in log
     assert os.path.exists(instance / "slurmd.json")
+
+
+def test_a_node_that_cannot_register_is_down_in_slurm_and_fails_its_group(server):
+    pcs = server.client()
+    cluster = create_cluster(pcs, unique())
+    key = server.data_dir / "clusters" / cluster["id"] / "munge.key"
+    kept = key.read_bytes()
+    key.unlink()  # the secret is gone: RegisterComputeNodeGroupInstance refuses every instance
+    group = create_node_group(pcs, cluster["id"], min_count=1, max_count=1, wait=False)
+    failed = wait_for(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster["id"],
+                                                         computeNodeGroupIdentifier=group["id"]),
+                      "computeNodeGroup", ("CREATE_FAILED",), timeout=60)
+    error = failed["errorInfo"][0]
+    assert error["code"] == "NodeRegistrationFailed" and "AccessDeniedException" in error["message"], error
+    node = openpcs_exec(server, cluster["name"], "scontrol", "show", "node", f"{group['name']}-1").stdout
+    assert "State=DOWN" in node and "Reason=openpcs: RegisterComputeNodeGroupInstance was refused" in node
+    key.write_bytes(kept)
+    key.chmod(0o600)
+    # A group that failed to create is deleted (PCS updates only ACTIVE or UPDATE_FAILED ones); another works.
+    pcs.delete_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=group["id"])
+    wait_gone(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster["id"],
+                                                 computeNodeGroupIdentifier=group["id"]),
+              pcs.exceptions.ResourceNotFoundException, timeout=30)
+    again = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
+    assert node_states(server, cluster["name"]) == {f"{again['name']}-1": "IDLE"}

@@ -59,6 +59,12 @@ class DataLayout:
     def instance_dir(self, instance_id: str) -> Path:
         return self.data_dir / "instances" / instance_id
 
+    def daemon_records(self) -> list[Path]:
+        """Every daemon the data dir's clusters run (openpcs.processes records), in the order to stop them:
+        node agents, slurmd, slurmctld, munged."""
+        return [*self.data_dir.glob("agents/*.json"), *self.data_dir.glob("instances/*/slurmd.json"),
+                *self.data_dir.glob("clusters/*/run/slurmctld.json"), *self.data_dir.glob("clusters/*/run/munged.json")]
+
     def shared_secret(self, cluster_id: str) -> bytes | None:
         """The cluster's munge key, for RegisterComputeNodeGroupInstance; None until the cluster has one."""
         try:
