@@ -170,6 +170,15 @@ def openpcs(request, tmp_path_factory, postgres_url_factory) -> Iterator[OpenPcs
     OpenPcs.created.remove(server)
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[OpenPcs]:
+    """One SQLite-backed openpcs for a module whose subject (auth, protocol, Slurm) is not the store engine."""
+    running = OpenPcs(tmp_path_factory.mktemp("server") / "data", None, "--max-clusters", "20").start()
+    yield running
+    running.close()
+    OpenPcs.created.remove(running)
+
+
 @pytest.fixture(autouse=True)
 def _close_what_the_test_started() -> Iterator[None]:
     before = len(OpenPcs.created)

@@ -11,7 +11,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -27,15 +26,6 @@ from botocore.exceptions import ClientError
 from conftest import OpenPcs
 
 FIFTEEN_MINUTES = dt.timedelta(minutes=15)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[OpenPcs]:
-    """One SQLite-backed openpcs for the whole module: the store engine does not matter to auth."""
-    running = OpenPcs(tmp_path_factory.mktemp("auth") / "data").start()
-    yield running
-    running.close()
-    OpenPcs.created.remove(running)
 
 
 def client(server: OpenPcs, access_key: str, secret_key: str, **config: object):

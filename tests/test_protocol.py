@@ -15,7 +15,6 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -41,15 +40,6 @@ class Reply:
 
     def json(self) -> dict[str, Any]:
         return json.loads(self.body)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[OpenPcs]:
-    """One SQLite-backed openpcs for the whole module: the store engine does not matter to the protocol."""
-    running = OpenPcs(tmp_path_factory.mktemp("protocol") / "data").start()
-    yield running
-    running.close()
-    OpenPcs.created.remove(running)
 
 
 @pytest.fixture(scope="module")

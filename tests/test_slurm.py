@@ -16,15 +16,6 @@ import pytest
 from conftest import OpenPcs, create_cluster, create_node_group, create_queue, unique, wait_for, wait_gone
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One SQLite-backed openpcs for the module: the store engine does not matter to Slurm."""
-    running = OpenPcs(tmp_path_factory.mktemp("slurm") / "data", None, "--max-clusters", "20").start()
-    yield running
-    running.close()
-    OpenPcs.created.remove(running)
-
-
 def openpcs_exec(server: OpenPcs, cluster: str, *command: str, check: bool = True,
                  timeout: float = 120) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "openpcs", "exec", "--data-dir", str(server.data_dir), cluster,
