@@ -34,6 +34,8 @@ REGISTER_TARGET = "AWSParallelComputingService.RegisterComputeNodeGroupInstance"
 # The API may be restarting: keep trying this long before giving up on an instance.
 REGISTER_PATIENCE_SECONDS = 60.0
 PARALLEL_REGISTRATIONS = 8
+# slurmd's PATH (for the programs it runs); the agent's own environment may not have sbin.
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _http = urllib3.PoolManager(maxsize=PARALLEL_REGISTRATIONS, retries=False, timeout=30.0)
 
@@ -90,9 +92,6 @@ def bring_up(directory: Path) -> bool:
             return False
         (directory / "failure.txt").unlink(missing_ok=True)
         return True
-
-
-_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def main(directories: list[str]) -> int:

@@ -293,20 +293,11 @@ class Runtime:
                       queues: list[Resource]) -> slurm_config.ClusterSpec:
         slurm = cluster.spec["slurmConfiguration"]
         ports = Ports(self.layout, cluster.id)
-        group_specs, names_by_id = [], {}
-        all_nodes: list[str] = []
-        for group in sorted(groups, key=lambda g: g.name):
-            scaling = group.spec["scalingConfiguration"]
-            itype = _instance_type(group)
-            names = [f"{group.name}-{n}" for n in range(1, scaling["maxInstanceCount"] + 1)]
-            all_nodes += names
-            names_by_id[group.id] = group.name
-            group_specs.append(dict(name=group.name, static_nodes=scaling["minInstanceCount"],
-                                    max_nodes=scaling["maxInstanceCount"], cpus=itype.vcpus,
-                                    real_memory_mib=itype.memory_mib, gres=itype.gres,
-                                    custom_settings=_settings(group.spec.get("slurmConfiguration", {})
-                                                              .get("slurmCustomSettings")), names=names))
-        node_ports = ports.nodes(all_nodes)
+        groups = sorted(groups, key=lambda g: g.name)
+        names = {g.id: [f"{g.name}-{n}" for n in range(1, g.spec["scalingConfiguration"]["maxInstanceCount"] + 1)]
+                 for g in groups}
+        node_ports = ports.nodes([name for group_names in names.values() for name in group_names])
+        names_by_id = {g.id: g.name for g in groups}
         run = self.layout.run_dir(cluster.id)
         conf_dir = self.layout.conf_dir(cluster.id)
         paths = slurm_config.SlurmPaths(
@@ -320,9 +311,7 @@ class Runtime:
             scale_down_idle_seconds=slurm["scaleDownIdleTimeInSeconds"],
             custom_settings=_settings(slurm.get("slurmCustomSettings")),
             cgroup_settings=_settings(slurm.get("cgroupCustomSettings")),
-            node_groups=tuple(slurm_config.NodeGroupSpec(
-                **{k: v for k, v in g.items() if k != "names"}, ports={n: node_ports[n] for n in g["names"]})
-                for g in group_specs),
+            node_groups=tuple(_node_group_spec(g, {n: node_ports[n] for n in names[g.id]}) for g in groups),
             queues=tuple(slurm_config.QueueSpec(
                 name=q.name,
                 node_groups=tuple(names_by_id[c["computeNodeGroupId"]]
@@ -339,6 +328,15 @@ class Runtime:
             write_private(path, content)
             path.chmod(0o700)
         return path
+
+
+def _node_group_spec(group: Resource, ports: dict[str, int]) -> slurm_config.NodeGroupSpec:
+    scaling = group.spec["scalingConfiguration"]
+    itype = _instance_type(group)
+    return slurm_config.NodeGroupSpec(
+        name=group.name, static_nodes=scaling["minInstanceCount"], max_nodes=scaling["maxInstanceCount"],
+        cpus=itype.vcpus, real_memory_mib=itype.memory_mib, gres=itype.gres,
+        custom_settings=_settings(group.spec.get("slurmConfiguration", {}).get("slurmCustomSettings")), ports=ports)
 
 
 def _gpu_devices(spec: slurm_config.ClusterSpec) -> None:
