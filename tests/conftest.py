@@ -20,6 +20,7 @@ import pytest
 from botocore.config import Config
 
 from openpcs import processes
+from openpcs.control.ports import Ports
 from openpcs.layout import DataLayout
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -99,6 +100,7 @@ class OpenPcs:
             processes.stop(record, timeout=5)
         for cluster in self.data_dir.glob("clusters/*"):
             shutil.rmtree(layout.socket_dir(cluster.name), ignore_errors=True)
+            Ports(layout, cluster.name).release()
 
     def _wait_workers_gone(self, timeout: float = 20.0) -> None:
         # The workers are in serve's process group (its session, by start_new_session) until they exit.

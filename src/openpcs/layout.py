@@ -3,6 +3,7 @@
     DATA/clusters/<cluster id>/   munge.key, etc/ (slurm.conf ...), state/, run/ (pid files, daemon
                                   records), ports.json
     /run/openpcs/<hash>/          the cluster's munge socket and slurmd spool dirs (short paths: sockets)
+    /run/openpcs/ports/<port>     host-wide claim of a TCP port by a cluster (control.ports)
     DATA/instances/<instance id>/ bootstrap.json, the instance's munge key, its daemon record
     DATA/logs/<cluster id>/       munged, slurmctld and slurmd logs; kept after the cluster is deleted
 """
@@ -15,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 # /run is a tmpfs meant for this; where it is not ours to write, the temp dir.
-_SOCKET_BASE = Path("/run/openpcs") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir()) / (
+SOCKET_BASE = Path("/run/openpcs") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir()) / (
     f"openpcs-{os.getuid()}")
 
 
@@ -45,7 +46,7 @@ class DataLayout:
         <spool>/<node>_<job>.<step>: under a data dir of any depth they would not fit.
         """
         digest = hashlib.sha256(str(self.cluster_dir(cluster_id).resolve()).encode()).hexdigest()[:10]
-        return _SOCKET_BASE / digest
+        return SOCKET_BASE / digest
 
     def munge_socket(self, cluster_id: str) -> Path:
         return self.socket_dir(cluster_id) / "munge.socket"
