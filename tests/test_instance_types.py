@@ -1,4 +1,5 @@
-"""The EC2 instance type catalog, and the API refusing instance types it does not hold."""
+"""The EC2 instance type catalog, the node definition of a node group's types, and the API refusing instance
+types it does not hold or that cannot share a node definition."""
 
 from __future__ import annotations
 
@@ -49,7 +50,15 @@ FAMILIES = ("c5", "c6i", "c7i", "m5", "m6i", "m7i", "r5", "r6i", "t3", "hpc6a", 
     ("p5.48xlarge", 192, 2048, 8, "h100"),
 ])
 def test_known_figures(name, vcpus, gib, gpus, gpu_type):
-    assert instance_types.lookup(name) == InstanceType(name, vcpus, int(gib * 1024), gpus, gpu_type)
+    architecture = "arm64" if name.startswith("hpc7g.") else "x86_64"
+    assert instance_types.lookup(name) == InstanceType(name, vcpus, int(gib * 1024), gpus, gpu_type, architecture)
+
+
+def test_architectures():
+    # hpc7g is Graviton; every other family in the catalog is Intel or AMD.
+    for name in instance_types.names():
+        expected = "arm64" if name.startswith("hpc7g.") else "x86_64"
+        assert instance_types.lookup(name).architecture == expected, name
 
 
 def test_every_family_is_there_with_its_sizes():
@@ -96,6 +105,51 @@ def test_gres():
     assert instance_types.lookup("p5.48xlarge").gres == "gpu:h100:8"
     assert instance_types.lookup("c6i.xlarge").gres is None
     assert instance_types.lookup("hpc7g.16xlarge").gres is None
+    assert InstanceType("x", 4, 16384, 2, None, "x86_64").gres == "gpu:2"  # GPUs of no one model
+
+
+# --- One node definition for a node group's types --------------------------------------------------------------
+
+def test_node_size_of_one_type_is_that_type():
+    assert instance_types.node_size(["g5.12xlarge"]) == instance_types.lookup("g5.12xlarge")
+
+
+def test_node_size_takes_the_least_memory():
+    node = instance_types.node_size(["c6i.xlarge", "m6i.xlarge", "r6i.xlarge"])
+    assert (node.vcpus, node.memory_mib, node.gpus, node.gres, node.architecture) == (4, 8192, 0, None, "x86_64")
+    assert node.name == "c6i.xlarge,m6i.xlarge,r6i.xlarge"
+    # The order the types are listed in does not change the node.
+    assert instance_types.node_size(["r6i.xlarge", "c6i.xlarge"]).memory_mib == 8192
+
+
+@pytest.mark.parametrize("names, gres", [
+    (["g5.12xlarge", "g6.12xlarge"], "gpu:4"),            # same count, different models: untyped
+    (["g5.12xlarge", "g5.12xlarge"], "gpu:a10g:4"),       # one model: typed
+    (["g5.48xlarge", "p5.48xlarge"], "gpu:8"),
+    (["g5.24xlarge", "p4d.24xlarge"], "gpu:4"),           # the least count
+    (["g5.24xlarge", "m6i.24xlarge"], None),              # a type without GPUs: no GPUs
+])
+def test_node_size_gpus(names, gres):
+    assert instance_types.node_size(names).gres == gres
+
+
+def test_node_size_of_g5_and_g6():
+    node = instance_types.node_size(["g5.xlarge", "g6.xlarge"])
+    assert (node.vcpus, node.memory_mib, node.gpus, node.gpu_type, node.gres) == (4, 16384, 1, None, "gpu:1")
+
+
+@pytest.mark.parametrize("names, words", [
+    (["hpc7g.16xlarge", "c7i.16xlarge"], ("hpc7g.16xlarge (64 vCPUs, arm64)", "c7i.16xlarge (64 vCPUs, x86_64)")),
+    (["hpc7g.16xlarge", "hpc7a.24xlarge"], ("arm64", "x86_64", "48 vCPUs")),
+    (["c6i.xlarge", "c6i.2xlarge"], ("4 vCPUs", "8 vCPUs")),
+    (["c6i.xlarge", "c6i.nonesuch"], ("c6i.nonesuch",)),
+    ([], ("at least one",)),
+])
+def test_node_size_refuses(names, words):
+    with pytest.raises(ValueError) as refused:
+        instance_types.node_size(names)
+    for word in words:
+        assert word in str(refused.value)
 
 
 def test_instance_type_is_frozen():
@@ -107,7 +161,13 @@ def test_instance_type_is_frozen():
 # --- The rule, as a pure function --------------------------------------------------------------------------------
 
 def test_rule_accepts_every_catalogued_type():
-    rules.check_instance_configs([{"instanceType": name} for name in sorted(instance_types.names())])
+    for name in sorted(instance_types.names()):
+        rules.check_instance_configs([{"instanceType": name}])
+
+
+def test_rule_accepts_types_of_one_size():
+    rules.check_instance_configs([{"instanceType": name} for name in ("c6i.xlarge", "m6i.xlarge", "r5.xlarge")])
+    rules.check_instance_configs([{"instanceType": "g5.12xlarge"}, {"instanceType": "g6.12xlarge"}])
 
 
 @pytest.mark.parametrize("configs, field, words", [
@@ -116,6 +176,13 @@ def test_rule_accepts_every_catalogued_type():
     ([{"instanceType": "c6i.xlarge"}, {"instanceType": "zz9.large"}], "instanceConfigs.2.member.instanceType",
      ("'zz9.large'", "c5, c6i, c7i", "hpc7g", "p5 families", "for example c6i.xlarge")),
     ([{"instanceType": "huge"}], "instanceConfigs.1.member.instanceType", ("not an instance type",)),
+    ([{"instanceType": "c6i.xlarge"}, {"instanceType": "c6i.2xlarge"}], "instanceConfigs",
+     ("same number of vCPUs", "c6i.xlarge has 4 vCPUs (x86_64)", "c6i.2xlarge has 8 vCPUs (x86_64)",
+      "one node group per size")),
+    ([{"instanceType": "c7i.16xlarge"}, {"instanceType": "hpc7g.16xlarge"}], "instanceConfigs",
+     ("same architecture", "c7i.16xlarge has 64 vCPUs (x86_64)", "hpc7g.16xlarge has 64 vCPUs (arm64)")),
+    ([{"instanceType": "c6i.xlarge"}, {"instanceType": "m6i.xlarge"}, {"instanceType": "c6i.xlarge"}],
+     "instanceConfigs.3.member.instanceType", ("'c6i.xlarge' is listed more than once",)),
 ])
 def test_rule_refusals(configs, field, words):
     with pytest.raises(ApiError) as refused:
@@ -154,6 +221,28 @@ def test_any_unknown_config_is_named(pcs, cluster):
         pcs.create_compute_node_group(**node_group_params(cluster["id"], instanceConfigs=[
             {"instanceType": "c6i.xlarge"}, {"instanceType": "x9z.large"}]))
     assert "families" in fields(refused)["instanceConfigs.2.member.instanceType"]
+
+
+@pytest.mark.parametrize("types, words", [
+    (["c6i.xlarge", "c6i.2xlarge"], ("c6i.xlarge has 4 vCPUs (x86_64)", "c6i.2xlarge has 8 vCPUs (x86_64)")),
+    (["c7i.4xlarge", "hpc7g.4xlarge"], ("c7i.4xlarge has 16 vCPUs (x86_64)", "hpc7g.4xlarge has 16 vCPUs (arm64)")),
+])
+def test_create_node_group_refuses_types_of_different_sizes(pcs, cluster, types, words):
+    params = node_group_params(cluster["id"], instanceConfigs=[{"instanceType": t} for t in types])
+    with pytest.raises(pcs.exceptions.ValidationException) as refused:
+        pcs.create_compute_node_group(**params)
+    message = fields(refused)["instanceConfigs"]
+    for word in (*words, "Use instance types with the same vCPU count and architecture"):
+        assert word in message
+    names = [g["name"] for g in pcs.list_compute_node_groups(clusterIdentifier=cluster["id"])["computeNodeGroups"]]
+    assert params["computeNodeGroupName"] not in names  # nothing was created
+
+
+def test_create_node_group_accepts_types_of_one_size(pcs, cluster):
+    configs = [{"instanceType": "c6i.xlarge"}, {"instanceType": "m6i.xlarge"}]
+    group = create_node_group(pcs, cluster["id"], wait=False, max_count=1, instanceConfigs=configs)
+    assert group["instanceConfigs"] == configs
+    pcs.delete_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=group["id"])
 
 
 @pytest.mark.parametrize("instance_type", ["c7i.metal-48xl", "p5.48xlarge", "t3.nano", "hpc7g.16xlarge"])

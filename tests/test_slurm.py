@@ -81,12 +81,14 @@ def test_two_clusters_run_two_node_jobs_side_by_side(server, tmp_path):
 def test_nodes_above_the_minimum_are_power_saving_cloud_nodes(server):
     pcs = server.client()
     cluster, group, _ = cluster_with_nodes(pcs, nodes=1, max_nodes=3,
-                                           instanceConfigs=[{"instanceType": "g5.2xlarge"}])
+                                           instanceConfigs=[{"instanceType": "g5.2xlarge"},
+                                                            {"instanceType": "g6.2xlarge"}])
     states = node_states(server, cluster["name"])
     assert states[f"{group['name']}-1"] == "IDLE"
     assert states[f"{group['name']}-2"] == states[f"{group['name']}-3"] == "IDLE+CLOUD+POWERED_DOWN"
     node = openpcs_exec(server, cluster["name"], "scontrol", "show", "node", f"{group['name']}-1").stdout
-    assert "CPUTot=8" in node and "RealMemory=32768" in node and "gpu:a10g:1" in node  # g5.2xlarge
+    # g5.2xlarge and g6.2xlarge: 8 vCPUs, 32 GiB and one GPU each, an A10G or an L4: any GPU, untyped.
+    assert "CPUTot=8" in node and "RealMemory=32768" in node and "Gres=gpu:1" in node, node
 
 
 def test_queues_are_partitions_holding_their_node_groups_nodes(server, tmp_path):
@@ -273,3 +275,127 @@ def test_a_node_that_cannot_register_is_down_in_slurm_and_fails_its_group(server
               pcs.exceptions.ResourceNotFoundException, timeout=30)
     again = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
     assert node_states(server, cluster["name"]) == {f"{again['name']}-1": "IDLE"}
+
+
+def job_state(server: OpenPcs, cluster: str, job: str) -> str:
+    return re.search(r"JobState=(\S+)", openpcs_exec(server, cluster, "scontrol", "show", "job", job).stdout)[1]
+
+
+def wait_job_running(server: OpenPcs, cluster: str, job: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while job_state(server, cluster, job) != "RUNNING":
+        assert time.monotonic() < deadline, f"job {job} did not start"
+        time.sleep(0.1)
+
+
+def group_of(pcs, cluster: dict, group: dict) -> dict:
+    return pcs.get_compute_node_group(clusterIdentifier=cluster["id"],
+                                      computeNodeGroupIdentifier=group["id"])["computeNodeGroup"]
+
+
+def test_deleting_a_node_group_drains_its_nodes_and_lets_running_jobs_finish(server, tmp_path):
+    pcs = server.client()
+    cluster = create_cluster(pcs, unique())
+    leaving = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
+    staying = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
+    queue = create_queue(pcs, cluster["id"], [leaving["id"], staying["id"]])
+    out = tmp_path / "drained.txt"
+    node = f"{leaving['name']}-1"
+    job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-w", node, "-o",
+                       str(out), "--wrap", "sleep 4; echo done").stdout.strip()
+    wait_job_running(server, cluster["name"], job)
+    pcs.update_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"],
+                     computeNodeGroupConfigurations=[{"computeNodeGroupId": staying["id"]}])
+    wait_for(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]), "queue",
+             ("ACTIVE",))
+    pcs.delete_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=leaving["id"])
+    deadline = time.monotonic() + 10
+    while "DRAIN" not in node_states(server, cluster["name"])[node]:
+        assert time.monotonic() < deadline, "the node was not drained"
+        time.sleep(0.1)
+    assert job_state(server, cluster["name"], job) == "RUNNING"  # the job carries on on its drained node
+    assert group_of(pcs, cluster, leaving)["status"] == "DELETING"
+    wait_gone(lambda: group_of(pcs, cluster, leaving), pcs.exceptions.ResourceNotFoundException, timeout=30)
+    assert job_state(server, cluster["name"], job) == "COMPLETED" and out.read_text().strip() == "done"
+    assert list(node_states(server, cluster["name"])) == [f"{staying['name']}-1"]
+
+
+def test_lowering_the_minimum_drains_the_surplus_node_before_stopping_it(server, tmp_path):
+    pcs = server.client()
+    cluster, group, queue = cluster_with_nodes(pcs, nodes=2, max_nodes=2)
+    surplus = f"{group['name']}-2"
+    out = tmp_path / "surplus.txt"
+    job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-w", surplus, "-o",
+                       str(out), "--wrap", "sleep 4; echo done").stdout.strip()
+    wait_job_running(server, cluster["name"], job)
+    pcs.update_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=group["id"],
+                                  scalingConfiguration={"minInstanceCount": 1, "maxInstanceCount": 2})
+    deadline = time.monotonic() + 10
+    while "DRAIN" not in node_states(server, cluster["name"])[surplus]:
+        assert time.monotonic() < deadline, "the surplus node was not drained"
+        time.sleep(0.1)
+    wait_for(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster["id"],
+                                                computeNodeGroupIdentifier=group["id"]), "computeNodeGroup",
+             ("ACTIVE",), timeout=30)
+    assert job_state(server, cluster["name"], job) == "COMPLETED" and out.read_text().strip() == "done"
+    states = node_states(server, cluster["name"])
+    assert states[f"{group['name']}-1"] == "IDLE"
+    # A power-saving node again, stopped as Slurm stops an idle dynamic node (POWERING_DOWN for SuspendTimeout).
+    assert "CLOUD" in states[surplus] and "DRAIN" not in states[surplus] and "POWER" in states[surplus], states
+
+
+def _processes_running(argv: list[str]) -> list[int]:
+    wanted = ("\0".join(argv) + "\0").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes() == wanted:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_jobs_outlasting_the_drain_timeout_are_cancelled_and_leave_no_process(tmp_path):
+    server = OpenPcs(tmp_path / "data", None, "--drain-timeout", "1").start()
+    pcs = server.client()
+    cluster = create_cluster(pcs, unique())
+    leaving = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
+    staying = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
+    queue = create_queue(pcs, cluster["id"], [leaving["id"], staying["id"]])
+    marker = ["sleep", "617"]  # a command line no other process has: the job's own
+    job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-w",
+                       f"{leaving['name']}-1", "-o", str(tmp_path / "cancelled.txt"), "--wrap",
+                       " ".join(marker)).stdout.strip()
+    wait_job_running(server, cluster["name"], job)
+    assert _processes_running(marker)
+    pcs.update_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"],
+                     computeNodeGroupConfigurations=[{"computeNodeGroupId": staying["id"]}])
+    wait_for(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]), "queue",
+             ("ACTIVE",))
+    pcs.delete_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=leaving["id"])
+    wait_gone(lambda: group_of(pcs, cluster, leaving), pcs.exceptions.ResourceNotFoundException, timeout=60)
+    assert job_state(server, cluster["name"], job) == "CANCELLED"
+    assert not _processes_running(marker)  # Slurm ended the job's step before its node stopped
+    assert "cancelling them" in server.log()
+
+
+def test_deleting_a_queue_drains_its_partition_and_lets_its_jobs_finish(server, tmp_path):
+    pcs = server.client()
+    cluster, group, queue = cluster_with_nodes(pcs, nodes=1, max_nodes=1)
+    out = tmp_path / "queued.txt"
+    job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-o", str(out),
+                       "--wrap", "sleep 4; echo done").stdout.strip()
+    wait_job_running(server, cluster["name"], job)
+    pcs.delete_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"])
+    deadline = time.monotonic() + 10
+    while "State=DRAIN" not in openpcs_exec(server, cluster["name"], "scontrol", "show", "partition",
+                                            queue["name"]).stdout:
+        assert time.monotonic() < deadline, "the partition was not drained"
+        time.sleep(0.1)
+    refused = openpcs_exec(server, cluster["name"], "sbatch", "-p", queue["name"], "--wrap", "true", check=False)
+    assert refused.returncode != 0  # a draining partition takes no new job
+    wait_gone(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]),
+              pcs.exceptions.ResourceNotFoundException, timeout=30)
+    assert job_state(server, cluster["name"], job) == "COMPLETED" and out.read_text().strip() == "done"
+    assert queue["name"] not in openpcs_exec(server, cluster["name"], "sinfo", "-h", "-o", "%R").stdout.split()

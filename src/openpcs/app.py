@@ -15,6 +15,7 @@ from .api.model import load_service
 from .api.pagination import PageTokens
 from .api.server import ApiApp, Frontend
 from .api.sigv4 import SigV4Verifier
+from .control.draining import DEFAULT_DRAIN_TIMEOUT_SECONDS
 from .control.reconciler import Reconciler
 from .control.runtime import Runtime
 from .layout import DataLayout
@@ -74,7 +75,8 @@ class Service:
     The API itself runs in worker processes (build_api); this process owns everything that must exist once.
     """
 
-    def __init__(self, data_dir: Path, database: str | None, region: str | None, api_url: str) -> None:
+    def __init__(self, data_dir: Path, database: str | None, region: str | None, api_url: str,
+                 drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS) -> None:
         self.data_dir = data_dir
         self.store = open_store(data_dir, database)
         self.identity = identity(self.store, region)
@@ -82,7 +84,8 @@ class Service:
             raise SystemExit(f"This data dir serves region {self.identity.region}; it cannot change to {region}.")
         self.credentials_path = ensure_credentials(self.store, data_dir, self.identity.region)
         page_token_key(self.store)  # made here, once, so that workers only ever read it
-        self.runtime = Runtime(data_dir, self.store, self.identity.region, self.identity.account, api_url)
+        self.runtime = Runtime(data_dir, self.store, self.identity.region, self.identity.account, api_url,
+                               drain_timeout)
         self.reconciler = Reconciler(self.store, self.runtime)
 
     def start(self) -> None:

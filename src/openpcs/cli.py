@@ -12,7 +12,16 @@ import click
 
 from . import __version__
 from .api.credentials import PROFILE, create_key, list_keys, revoke_key
-from .app import DEFAULT_MAX_CLUSTERS, DEFAULT_REGION, DEFAULT_WORKERS, Service, default_data_dir, identity, open_store
+from .app import (
+    DEFAULT_DRAIN_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CLUSTERS,
+    DEFAULT_REGION,
+    DEFAULT_WORKERS,
+    Service,
+    default_data_dir,
+    identity,
+    open_store,
+)
 
 data_dir_option = click.option(
     "--data-dir", type=click.Path(path_type=Path), default=None,
@@ -47,10 +56,14 @@ def main() -> None:
                    "on the same --database.")
 @click.option("--workers", default=DEFAULT_WORKERS, show_default=True, type=click.IntRange(1),
               help="API worker processes; each serves about one core's worth of requests.")
+@click.option("--drain-timeout", default=DEFAULT_DRAIN_TIMEOUT_SECONDS, show_default=True,
+              type=click.FloatRange(0), metavar="SECONDS",
+              help="How long running jobs may take to end on nodes being taken away (a deleted node group, a "
+                   "lower minInstanceCount) before they are cancelled.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str, port: int, data_dir: Path | None, database: str | None, region: str | None,
-          max_clusters: int, reconcile: bool, workers: int, log_level: str) -> None:
+          max_clusters: int, reconcile: bool, workers: int, drain_timeout: float, log_level: str) -> None:
     """Run the API and the reconcilers in the foreground."""
     from .api.http import bind
     from .api.server import configure_logging
@@ -60,7 +73,7 @@ def serve(host: str, port: int, data_dir: Path | None, database: str | None, reg
     directory = _data_dir(data_dir)
     sock = bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
-    service = Service(directory, database, region, url)
+    service = Service(directory, database, region, url, drain_timeout)
     (directory / "server.json").write_text(json.dumps({"url": url, "region": service.identity.region,
                                                        "pid": os.getpid()}) + "\n")
     if reconcile:

@@ -12,4 +12,9 @@ class RuntimeFailure(Exception):
 
 
 class RuntimePending(Exception):
-    """The change is under way (daemons starting, nodes registering): look again shortly."""
+    """The change is under way (daemons starting, nodes registering, jobs draining): look again after
+    `retry_after` seconds, or sooner if anything is written."""
+
+    def __init__(self, retry_after: float = 0.05) -> None:
+        super().__init__(f"look again in {retry_after} s")
+        self.retry_after = retry_after

@@ -25,8 +25,6 @@ log = logging.getLogger("openpcs.reconciler")
 FAILED = {"CREATING": "CREATE_FAILED", "UPDATING": "UPDATE_FAILED", "DELETING": "DELETE_FAILED"}
 # Even with nothing to do, look again this often (housekeeping, and writes from other processes).
 IDLE_INTERVAL_SECONDS = 2.0
-# While daemons start or nodes register (RuntimePending), look again this soon.
-PENDING_INTERVAL_SECONDS = 0.05
 PURGE_INTERVAL_SECONDS = 300.0
 
 
@@ -34,7 +32,7 @@ class Reconciler:
     def __init__(self, store: Store, runtime: Runtime) -> None:
         self.store, self.runtime = store, runtime
         self._last_purge = 0.0
-        self._pending = False
+        self._retry_after: float | None = None  # the soonest a pending change asked to be looked at
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
@@ -61,13 +59,13 @@ class Reconciler:
                 log.exception("reconcile pass failed")
                 progressed = False
             if not progressed:
-                self._wake.wait(PENDING_INTERVAL_SECONDS if self._pending else IDLE_INTERVAL_SECONDS)
+                self._wake.wait(min(self._retry_after or IDLE_INTERVAL_SECONDS, IDLE_INTERVAL_SECONDS))
 
     def run_pass(self) -> bool:
         """One pass over everything in transition; True if any resource moved on."""
         with self.store.read() as conn:
             pending = rows.in_transition(conn)
-        self._pending = False
+        self._retry_after = None
         return any([self._reconcile(resource) for resource in pending])
 
     def _reconcile(self, resource: Resource) -> bool:
@@ -93,8 +91,8 @@ class Reconciler:
                 state = getattr(self.runtime, f"converge_{_kind(resource)}")(*_args(cluster, resource))
                 done = self._record(resource, "ACTIVE", state)
                 outcome = "ACTIVE"
-        except RuntimePending:
-            self._pending = True
+        except RuntimePending as pending:
+            self._retry_after = min(self._retry_after or pending.retry_after, pending.retry_after)
             return False
         except RuntimeFailure as failure:
             error = {"code": failure.code, "message": failure.message}

@@ -6,15 +6,14 @@ reports (endpoints, secret references), raises `RuntimePending` while daemons st
 (the reconciler looks again shortly), or raises `RuntimeFailure`, which becomes the resource's errorInfo.
 
 A cluster's Slurm configuration is rendered (slurm.config.render, a pure function) from the cluster and
-every node group and queue of it that is not being deleted; whenever it changes, slurmctld re-reads it,
-or restarts if the set of nodes changed (Slurm 22.05 cannot add or remove nodes otherwise). Its state
-is saved on stop, so queued and running jobs carry on.
+its queues and node groups, including those being deleted until they have drained (control.draining);
+whenever it changes, slurmctld re-reads it, or restarts if the set of nodes changed (Slurm 22.05 cannot
+add or remove nodes otherwise). Its state is saved on stop, so queued and running jobs carry on.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import shutil
 import time
@@ -31,10 +30,12 @@ from ..layout import DataLayout
 from ..providers.local import LocalProvider
 from ..slurm import config as slurm_config
 from ..slurm.controller import SlurmController
+from ..slurm.nodes import node_is_busy, node_is_up, node_states
 from ..store import instances as instance_rows
 from ..store import resources as rows
 from ..store.db import Store
 from ..store.resources import Resource
+from .draining import DEFAULT_DRAIN_TIMEOUT_SECONDS, DRAIN_POLL_SECONDS, Drains
 from .failures import RuntimeFailure, RuntimePending
 from .ports import Ports
 
@@ -44,10 +45,6 @@ log = logging.getLogger("openpcs.runtime")
 
 MUNGE_KEY_BYTES = 1024
 REGISTER_SCOPE = "pcs:RegisterComputeNodeGroupInstance"
-# Slurm's node states (scontrol: BASE+FLAG+...) of a node that is up and taking work, and flags that deny it.
-UP_STATES = {"IDLE", "MIXED", "ALLOCATED", "COMPLETING"}
-NOT_UP_FLAGS = {"NOT_RESPONDING", "POWERED_DOWN", "POWERING_UP", "POWERING_DOWN", "DRAIN", "FAIL", "INVALID_REG"}
-_NODE_FIELD = re.compile(r"\b(NodeName|State|Reason)=(.*?)(?= \w+=|$)")
 # How long a node group may wait for its nodes before it fails with what Slurm says of them.
 NODES_TIMEOUT_SECONDS = 120.0
 
@@ -59,12 +56,14 @@ echo "$(date -u +%FT%TZ) {action} $*" >> {log}
 
 
 class Runtime:
-    def __init__(self, data_dir: Path, store: Store, region: str, account: str, api_url: str) -> None:
+    def __init__(self, data_dir: Path, store: Store, region: str, account: str, api_url: str,
+                 drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS) -> None:
         self.data_dir, self.store = data_dir, store
         self.region, self.account, self.api_url = region, account, api_url
         self.layout = DataLayout(data_dir)
         self.provider = LocalProvider(self.layout)
         self._waiting_since: dict[str, float] = {}
+        self.drains = Drains(drain_timeout)
 
     def _guard(self, what: str, action: Any) -> Any:
         try:
@@ -118,6 +117,7 @@ class Runtime:
         for group in groups:  # none, normally: a cluster with node groups cannot be deleted
             self._terminate_instances(group)
         SlurmController(self.layout, cluster.id).stop()
+        Ports(self.layout, cluster.id).release()
         for directory in (self.layout.socket_dir(cluster.id), self.layout.cluster_dir(cluster.id)):
             self._guard("remove the cluster's files",
                         lambda d=directory: shutil.rmtree(d) if d.exists() else None)
@@ -127,8 +127,20 @@ class Runtime:
     def converge_node_group(self, cluster: Resource, group: Resource) -> dict[str, Any]:
         """Nodes defined in Slurm up to maxInstanceCount; minInstanceCount of them launched and IDLE."""
         _instance_type(group)  # refuse an unknown type before anything starts
-        self._sync_config(cluster)
         wanted = group.spec["scalingConfiguration"]["minInstanceCount"]
+        with self.store.read() as conn:
+            current = _by_index(instance_rows.of_node_group(conn, group.id))
+        surplus = current[wanted:]
+        self._retire(cluster, group, surplus, f"minInstanceCount lowered to {wanted}")
+        self._sync_config(cluster)
+        if surplus:
+            # Retired nodes below maxInstanceCount stay defined, as power-saving nodes now: powered down (which
+            # also lifts their drain), as Slurm would leave a dynamic node it had stopped.
+            kept = [i.node_name for i in surplus
+                    if _node_index(i.node_name) <= group.spec["scalingConfiguration"]["maxInstanceCount"]]
+            if kept:
+                SlurmController(self.layout, cluster.id).scontrol(
+                    "update", f"nodename={slurm_config.compress_hostlist(kept)}", "state=power_down_force")
         issued = self._issue_instances(cluster, group, wanted)
         log = self.layout.log_dir(cluster.id) / "agent.log"
         to_launch, failed = [], []
@@ -153,15 +165,14 @@ class Runtime:
         return state
 
     def _issue_instances(self, cluster: Resource, group: Resource, wanted: int) -> list[instance_rows.Instance]:
-        """Keep `wanted` instances recorded, named <group name>-<n> with the lowest free n, each with its
-        bootstrap data and a key that may only register; surplus ones are terminated."""
+        """Have `wanted` instances recorded, named <group name>-<n> with the lowest free n, each with its
+        bootstrap data and a key that may only register (surplus ones were retired before)."""
         written: list[str] = []
         try:
             with self.store.write() as conn:
-                current = sorted(instance_rows.of_node_group(conn, group.id), key=lambda i: _node_index(i.node_name))
-                keep, surplus = current[:wanted], current[wanted:]
+                keep = _by_index(instance_rows.of_node_group(conn, group.id))[:wanted]
                 used = {_node_index(i.node_name) for i in keep}
-                free = (n for n in range(1, wanted + len(current) + 2) if n not in used)
+                free = (n for n in range(1, wanted + len(keep) + 2) if n not in used)
                 for _ in range(wanted - len(keep)):
                     key = insert_key(conn, f"node group {group.id} instance", scope=REGISTER_SCOPE)
                     instance, bootstrap_id = instance_rows.launch(conn, cluster.id, group.id,
@@ -175,7 +186,6 @@ class Runtime:
             for instance_id in written:
                 shutil.rmtree(self.layout.instance_dir(instance_id), ignore_errors=True)
             raise
-        self._terminate(surplus)
         return keep
 
     def _write_bootstrap(self, cluster: Resource, instance: instance_rows.Instance, bootstrap_id: str,
@@ -210,9 +220,42 @@ class Runtime:
         return node_states(SlurmController(self.layout, cluster.id).scontrol("-o", "show", "node"))
 
     def remove_node_group(self, cluster: Resource, group: Resource) -> None:
-        self._terminate_instances(group)
+        with self.store.read() as conn:
+            issued = instance_rows.of_node_group(conn, group.id)
+        self._retire(cluster, group, issued, "its node group is being deleted")
         self._waiting_since.pop(group.id, None)
-        self._sync_config(cluster)
+        self._sync_config(cluster)  # the group has no instances left: its nodes leave the configuration
+
+    def _retire(self, cluster: Resource, group: Resource, instances: list[instance_rows.Instance],
+                why: str) -> None:
+        """Take instances away without killing a job: drain their nodes and wait for their jobs to end
+        (RuntimePending meanwhile), then terminate them."""
+        if not instances:
+            self.drains.done(group.id)
+            return
+        controller = SlurmController(self.layout, cluster.id)
+        names = [i.node_name for i in instances]
+        hostlist = slurm_config.compress_hostlist(names)
+        if controller.running():
+            if not self.drains.started(group.id):
+                known = node_states(controller.scontrol("-o", "show", "node"))
+                defined = [n for n in names if n in known]  # a node Slurm does not know has no job to drain
+                if defined:
+                    controller.scontrol("update", f"nodename={slurm_config.compress_hostlist(defined)}",
+                                        "state=drain", f"reason=openpcs: {why}")
+                    log.info("%s: draining %s (%s)", group.id, hostlist, why)
+
+            def busy_nodes() -> list[str]:
+                states = node_states(controller.scontrol("-o", "show", "node"))
+                return [n for n in names if node_is_busy(states.get(n, ("", ""))[0])]
+
+            def cancel() -> None:
+                controller.run("scancel", f"--nodelist={slurm_config.compress_hostlist(busy_nodes())}")
+
+            if self.drains.busy(group.id, f"nodes {hostlist} of {group.id}", busy_nodes, cancel):
+                raise RuntimePending(retry_after=DRAIN_POLL_SECONDS)
+        self.drains.done(group.id)
+        self._terminate(instances)
 
     def _terminate_instances(self, group: Resource) -> None:
         with self.store.read() as conn:
@@ -237,19 +280,31 @@ class Runtime:
         return state
 
     def remove_queue(self, cluster: Resource, queue: Resource) -> None:
+        """Drain the partition (rendered State=DRAIN while the queue is DELETING), wait for its jobs, drop it."""
         self._sync_config(cluster)
+        controller = SlurmController(self.layout, cluster.id)
+        if controller.running() and self.drains.busy(
+                queue.id, f"queue {queue.name} ({queue.id})",
+                lambda: controller.run("squeue", "--noheader", f"--partition={queue.name}", "--format=%i").split(),
+                lambda: controller.run("scancel", f"--partition={queue.name}")):
+            raise RuntimePending(retry_after=DRAIN_POLL_SECONDS)
+        self.drains.done(queue.id)
+        self._sync_config(cluster, removing=queue.id)
 
     # -- the cluster's Slurm --------------------------------------------------------------------
 
-    def _sync_config(self, cluster: Resource) -> None:
+    def _sync_config(self, cluster: Resource, removing: str | None = None) -> None:
         """Render the cluster's configuration from the store, write it, and have Slurm run by it."""
         controller = SlurmController(self.layout, cluster.id)
         with self.store.read() as conn:
             cluster = rows.by_id(conn, cluster.id) or cluster
-            children = [r for r in rows.children(conn, cluster.id) if r.status != "DELETING"]
-        groups = [r for r in children if r.kind == ids.NODE_GROUP]
-        queues = [r for r in children if r.kind == ids.QUEUE]
-        spec = self._cluster_spec(cluster, groups, queues)
+            children = rows.children(conn, cluster.id)
+            highest = _highest_nodes(instance_rows.of_cluster(conn, cluster.id))
+        # What is being deleted stays while it drains: a node group until its nodes are stopped, a queue until
+        # it is `removing`.
+        groups = [r for r in children if r.kind == ids.NODE_GROUP and (r.status != "DELETING" or r.id in highest)]
+        queues = [r for r in children if r.kind == ids.QUEUE and r.id != removing]
+        spec = self._cluster_spec(cluster, groups, queues, highest)
         self._guard("create the stand-in GPU device files", lambda: _gpu_devices(spec))
         files = slurm_config.render(spec)
         previous = controller.read_config()
@@ -289,13 +344,13 @@ class Runtime:
             self.provider.stop(instance.id)
         self.provider.launch([i.id for i in instances], self.layout.log_dir(cluster.id) / "agent.log")
 
-    def _cluster_spec(self, cluster: Resource, groups: list[Resource],
-                      queues: list[Resource]) -> slurm_config.ClusterSpec:
+    def _cluster_spec(self, cluster: Resource, groups: list[Resource], queues: list[Resource],
+                      highest: dict[str, int]) -> slurm_config.ClusterSpec:
         slurm = cluster.spec["slurmConfiguration"]
         ports = Ports(self.layout, cluster.id)
         groups = sorted(groups, key=lambda g: g.name)
-        names = {g.id: [f"{g.name}-{n}" for n in range(1, g.spec["scalingConfiguration"]["maxInstanceCount"] + 1)]
-                 for g in groups}
+        sizes = {g.id: _node_counts(g, highest.get(g.id, 0)) for g in groups}
+        names = {g.id: [f"{g.name}-{n}" for n in range(1, sizes[g.id][1] + 1)] for g in groups}
         node_ports = ports.nodes([name for group_names in names.values() for name in group_names])
         names_by_id = {g.id: g.name for g in groups}
         run = self.layout.run_dir(cluster.id)
@@ -311,13 +366,15 @@ class Runtime:
             scale_down_idle_seconds=slurm["scaleDownIdleTimeInSeconds"],
             custom_settings=_settings(slurm.get("slurmCustomSettings")),
             cgroup_settings=_settings(slurm.get("cgroupCustomSettings")),
-            node_groups=tuple(_node_group_spec(g, {n: node_ports[n] for n in names[g.id]}) for g in groups),
+            node_groups=tuple(_node_group_spec(g, *sizes[g.id], {n: node_ports[n] for n in names[g.id]})
+                              for g in groups),
             queues=tuple(slurm_config.QueueSpec(
                 name=q.name,
                 node_groups=tuple(names_by_id[c["computeNodeGroupId"]]
                                   for c in q.spec.get("computeNodeGroupConfigurations") or []
                                   if c["computeNodeGroupId"] in names_by_id),
-                custom_settings=_settings(q.spec.get("slurmConfiguration", {}).get("slurmCustomSettings")))
+                custom_settings=_settings(q.spec.get("slurmConfiguration", {}).get("slurmCustomSettings")),
+                draining=q.status == "DELETING")
                 for q in sorted(queues, key=lambda q: q.name)),
             paths=paths)
 
@@ -330,11 +387,18 @@ class Runtime:
         return path
 
 
-def _node_group_spec(group: Resource, ports: dict[str, int]) -> slurm_config.NodeGroupSpec:
+def _node_counts(group: Resource, highest_running: int) -> tuple[int, int]:
+    """(static nodes, all nodes) of a group: its scaling configuration, but never fewer than the nodes still
+    running, so that a node being drained keeps its definition (and its jobs) until it is stopped."""
     scaling = group.spec["scalingConfiguration"]
+    return (max(scaling["minInstanceCount"], highest_running), max(scaling["maxInstanceCount"], highest_running))
+
+
+def _node_group_spec(group: Resource, static_nodes: int, max_nodes: int,
+                     ports: dict[str, int]) -> slurm_config.NodeGroupSpec:
     itype = _instance_type(group)
     return slurm_config.NodeGroupSpec(
-        name=group.name, static_nodes=scaling["minInstanceCount"], max_nodes=scaling["maxInstanceCount"],
+        name=group.name, static_nodes=static_nodes, max_nodes=max_nodes,
         cpus=itype.vcpus, real_memory_mib=itype.memory_mib, gres=itype.gres,
         custom_settings=_settings(group.spec.get("slurmConfiguration", {}).get("slurmCustomSettings")), ports=ports)
 
@@ -348,27 +412,12 @@ def _gpu_devices(spec: slurm_config.ClusterSpec) -> None:
             device.symlink_to("/dev/null")
 
 
-def node_states(scontrol_show_node: str) -> dict[str, tuple[str, str]]:
-    """`scontrol -o show node` -> {node name: (state, reason)}."""
-    states = {}
-    for line in scontrol_show_node.splitlines():
-        fields = dict(_NODE_FIELD.findall(line))
-        if "NodeName" in fields:
-            states[fields["NodeName"]] = (fields.get("State", "UNKNOWN"), fields.get("Reason", ""))
-    return states
-
-
-def node_is_up(state: str) -> bool:
-    base, *flags = state.split("+")
-    return base in UP_STATES and not NOT_UP_FLAGS.intersection(flags)
-
-
 def _instance_type(group: Resource) -> instance_types.InstanceType:
-    name = group.spec["instanceConfigs"][0]["instanceType"]
-    found = instance_types.lookup(name)
-    if found is None:
-        raise RuntimeFailure("UnknownInstanceType", f"Instance type {name} is not in openpcs's catalog.")
-    return found
+    """The one size of the group's nodes, whichever of its instance types each lands on."""
+    try:
+        return instance_types.node_size([config["instanceType"] for config in group.spec["instanceConfigs"]])
+    except ValueError as exc:  # the API refuses such groups; one stored by an older version may remain
+        raise RuntimeFailure("UnsupportedInstanceTypes", str(exc)) from exc
 
 
 def _settings(items: list[dict[str, str]] | None) -> tuple[tuple[str, str], ...]:
@@ -377,3 +426,15 @@ def _settings(items: list[dict[str, str]] | None) -> tuple[tuple[str, str], ...]
 
 def _node_index(node_name: str) -> int:
     return int(node_name.rsplit("-", 1)[1])
+
+
+def _by_index(instances: list[instance_rows.Instance]) -> list[instance_rows.Instance]:
+    return sorted(instances, key=lambda i: _node_index(i.node_name))
+
+
+def _highest_nodes(instances: list[instance_rows.Instance]) -> dict[str, int]:
+    """node group id -> the highest node number among its instances (groups without instances are absent)."""
+    highest: dict[str, int] = {}
+    for instance in instances:
+        highest[instance.node_group_id] = max(highest.get(instance.node_group_id, 0), _node_index(instance.node_name))
+    return highest

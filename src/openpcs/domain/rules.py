@@ -144,13 +144,28 @@ def check_instance_configs(configs: list[dict[str, str]]) -> None:
     if not configs:
         raise field_error("instanceConfigs", "Value at 'instanceConfigs' failed to satisfy constraint: "
                                              "Member must have length greater than or equal to 1")
+    kinds: list[instance_types.InstanceType] = []
     for index, config in enumerate(configs, start=1):
         instance_type = config.get("instanceType") or ""
         field = f"instanceConfigs.{index}.member.instanceType"
         if not _INSTANCE_TYPE.fullmatch(instance_type):
             raise field_error(field, f"'{instance_type}' is not an instance type (for example c6i.xlarge)")
-        if instance_types.lookup(instance_type) is None:
+        kind = instance_types.lookup(instance_type)
+        if kind is None:
             raise field_error(field, _unknown_instance_type(instance_type))
+        if kind in kinds:
+            raise field_error(field, f"Instance type '{instance_type}' is listed more than once. List each "
+                                     "instance type once")
+        kinds.append(kind)
+    # The group's nodes share one Slurm node definition (instance_types.node_size), and PCS requires the same
+    # vCPUs and architecture of its instance types: a job sized for one must run on any of them.
+    if len({(kind.vcpus, kind.architecture) for kind in kinds}) > 1:
+        raise field_error("instanceConfigs",
+                          "The instance types of a node group must have the same number of vCPUs and the same "
+                          "architecture, but "
+                          + ", ".join(f"{kind.name} has {kind.vcpus} vCPUs ({kind.architecture})" for kind in kinds)
+                          + ". Use instance types with the same vCPU count and architecture, or one node group "
+                            "per size")
 
 
 def _unknown_instance_type(instance_type: str) -> str:

@@ -76,6 +76,7 @@ class QueueSpec:
     name: str                      # PartitionName
     node_groups: tuple[str, ...]   # node group names whose nodes (all of them, static and CLOUD) the partition holds
     custom_settings: tuple[tuple[str, str], ...]
+    draining: bool = False         # being deleted: State=DRAIN takes no new jobs but runs the queued ones
 
 
 @dataclass(frozen=True)
@@ -375,7 +376,7 @@ def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dic
         defaults: Settings = [("PartitionName", queue.name)]
         if names:
             defaults.append(("Nodes", compress_hostlist(names)))
-        defaults += [("State", "UP"), ("MaxTime", "INFINITE")]
+        defaults += [("State", "DRAIN" if queue.draining else "UP"), ("MaxTime", "INFINITE")]
         out.append(_line(apply_overrides(defaults, queue.custom_settings, reserved=("PartitionName", "Nodes"))))
     if not spec.queues:
         out.append("# No queues yet: slurmctld needs a partition. This one refuses jobs.\n")

@@ -50,6 +50,12 @@ def of_node_group(conn: Connection, node_group_id: str) -> list[Instance]:
     return [_from_row(row) for row in rows]
 
 
+def of_cluster(conn: Connection, cluster_id: str) -> list[Instance]:
+    rows = conn.execute(select(instances).where(instances.c.cluster_id == cluster_id)
+                        .order_by(instances.c.created_at, instances.c.id))
+    return [_from_row(row) for row in rows]
+
+
 def by_bootstrap_id(conn: Connection, cluster_id: str, bootstrap_id: str) -> Instance | None:
     row = conn.execute(select(instances).where(instances.c.bootstrap_hash == _hash(bootstrap_id),
                                                instances.c.cluster_id == cluster_id)).first()
