@@ -399,3 +399,91 @@ def test_deleting_a_queue_drains_its_partition_and_lets_its_jobs_finish(server, 
               pcs.exceptions.ResourceNotFoundException, timeout=30)
     assert job_state(server, cluster["name"], job) == "COMPLETED" and out.read_text().strip() == "done"
     assert queue["name"] not in openpcs_exec(server, cluster["name"], "sinfo", "-h", "-o", "%R").stdout.split()
+
+
+def _record_pid(record: Path) -> int:
+    return __import__("json").loads(record.read_text())["pid"]
+
+
+def _slurmd_records(data: Path) -> dict[str, Path]:
+    """node name -> the record of its slurmd (its argv holds `-N <node>`)."""
+    found = {}
+    for record in data.glob("instances/*/slurmd.json"):
+        argv = __import__("json").loads(record.read_text())["argv"]
+        found[argv[argv.index("-N") + 1]] = record
+    return found
+
+
+def _restart(first: OpenPcs) -> OpenPcs:
+    second = OpenPcs(first.data_dir)
+    second.port, second.url = first.port, first.url
+    return second.start()
+
+
+def test_daemons_that_died_while_the_server_was_down_are_started_again(tmp_path):
+    data = tmp_path / "data"
+    first = OpenPcs(data).start()
+    pcs = first.client()
+    cluster, group, queue = cluster_with_nodes(pcs, nodes=2, max_nodes=2)
+    first.kill9()
+    run = data / "clusters" / cluster["id"] / "run"
+    lost_node = f"{group['name']}-1"
+    for record in (run / "slurmctld.json", _slurmd_records(data)[lost_node]):
+        os.kill(_record_pid(record), 9)
+    second = _restart(first)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if set(node_states(second, cluster["name"]).values()) == {"IDLE"}:
+                break
+        except AssertionError:
+            pass  # slurmctld is not back yet
+        assert time.monotonic() < deadline, "the lost daemons were not started again"
+        time.sleep(0.2)
+    out = tmp_path / "healed.txt"
+    openpcs_exec(second, cluster["name"], "sbatch", "--wait", "-p", queue["name"], "-N2", "-o", str(out),
+                 "--wrap", "srun bash -c 'echo $SLURMD_NODENAME'")
+    assert sorted(out.read_text().split()) == [lost_node, f"{group['name']}-2"]
+    assert len([pid for pid in daemons_of(data) if pid not in _serve_pids(second)]) == 4  # none duplicated
+    assert "had stopped" in second.log()
+
+
+def test_a_slurmctld_whose_port_is_taken_fails_with_slurms_words(tmp_path):
+    import socket
+
+    data = tmp_path / "data"
+    first = OpenPcs(data).start()
+    pcs = first.client()
+    cluster = create_cluster(pcs, unique())
+    port = int(cluster["endpoints"][0]["port"])
+    first.kill9()
+    os.kill(_record_pid(data / "clusters" / cluster["id"] / "run" / "slurmctld.json"), 9)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the killed one's TIME_WAITs
+    deadline = time.monotonic() + 10
+    while True:  # the port frees once the killed slurmctld is gone
+        try:
+            squatter.bind(("0.0.0.0", port))
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    squatter.listen()
+    try:
+        second = _restart(first)
+        pcs = second.client()
+        deadline = time.monotonic() + 30
+        while not (found := pcs.get_cluster(clusterIdentifier=cluster["id"])["cluster"]).get("errorInfo"):
+            assert time.monotonic() < deadline, "the health pass did not report the dead slurmctld"
+            time.sleep(0.1)
+        assert found["status"] == "ACTIVE" and "Address already in use" in found["errorInfo"][0]["message"], found
+        pcs.update_cluster(clusterIdentifier=cluster["id"], slurmConfiguration={"scaleDownIdleTimeInSeconds": 900})
+        failed = wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("UPDATE_FAILED",),
+                          timeout=30)
+        assert "Address already in use" in failed["errorInfo"][0]["message"], failed
+    finally:
+        squatter.close()
+    pcs.update_cluster(clusterIdentifier=cluster["id"], slurmConfiguration={"scaleDownIdleTimeInSeconds": 900})
+    healed = wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("ACTIVE",), timeout=30)
+    assert "errorInfo" not in healed or not healed["errorInfo"]
+    assert "is UP" in openpcs_exec(second, cluster["name"], "scontrol", "ping").stdout

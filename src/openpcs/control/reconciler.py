@@ -3,6 +3,10 @@
 Level-triggered and idempotent: each pass reads what is in transition from the store and asks the
 runtime to converge it, so a restart (even after kill -9) just carries on. A result is committed only if
 no API write changed the resource meanwhile (its generation); otherwise the next pass starts over.
+
+A health pass looks after what is settled: an ACTIVE (or UPDATE_FAILED) cluster's munged and slurmctld,
+and each node group's slurmd, are started again if they stopped, whether while the server ran or while it
+was down. What cannot be brought back shows in the ACTIVE resource's errorInfo until it is.
 """
 
 from __future__ import annotations
@@ -26,12 +30,19 @@ FAILED = {"CREATING": "CREATE_FAILED", "UPDATING": "UPDATE_FAILED", "DELETING": 
 # Even with nothing to do, look again this often (housekeeping, and writes from other processes).
 IDLE_INTERVAL_SECONDS = 2.0
 PURGE_INTERVAL_SECONDS = 300.0
+# How often the health pass looks at every settled cluster and node group (it reads records and /proc).
+HEAL_INTERVAL_SECONDS = 3.0
+# A daemon that will not start can hold the loop for seconds (slurmctld tries its port for 10 s): after each
+# failure the resource waits longer before the next try, up to the last of these.
+HEAL_BACKOFF_SECONDS = (30.0, 60.0, 120.0, 300.0)
 
 
 class Reconciler:
     def __init__(self, store: Store, runtime: Runtime) -> None:
         self.store, self.runtime = store, runtime
         self._last_purge = 0.0
+        self._last_heal = 0.0
+        self._heal_failures: dict[str, tuple[int, float]] = {}  # resource id -> (failures in a row, next try)
         self._retry_after: float | None = None  # the soonest a pending change asked to be looked at
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -54,6 +65,7 @@ class Reconciler:
             self._wake.clear()
             try:
                 progressed = self.run_pass()
+                self._heal()
                 self._purge_idempotency()
             except Exception:  # the loop must outlive any one bad pass; the next pass retries
                 log.exception("reconcile pass failed")
@@ -107,6 +119,47 @@ class Reconciler:
         log.info("%s %s %s -> %s in %.3fs%s", resource.kind, resource.id, resource.status, outcome,
                  time.monotonic() - started, "" if done else " (superseded by a newer request)")
         return True
+
+    def _heal(self) -> None:
+        if time.monotonic() - self._last_heal < HEAL_INTERVAL_SECONDS:
+            return
+        self._last_heal = time.monotonic()
+        with self.store.read() as conn:
+            settled = rows.settled(conn)
+        clusters = {r.id: r for r in settled if r.kind == ids.CLUSTER}
+        settled_ids = {r.id for r in settled}
+        self._heal_failures = {key: value for key, value in self._heal_failures.items() if key in settled_ids}
+        for resource in settled:
+            cluster = clusters.get(resource.cluster_id or resource.id)
+            if resource.kind == ids.QUEUE or cluster is None:
+                continue  # a queue has no daemon; a cluster in transition is the passes' to converge
+            failures, next_try = self._heal_failures.get(resource.id, (0, 0.0))
+            if time.monotonic() < next_try:
+                continue
+            try:
+                getattr(self.runtime, f"heal_{_kind(resource)}")(*_args(cluster, resource))
+                error = None
+                self._heal_failures.pop(resource.id, None)
+            except RuntimeFailure as failure:
+                error = {"code": failure.code, "message": failure.message}
+                wait = HEAL_BACKOFF_SECONDS[min(failures, len(HEAL_BACKOFF_SECONDS) - 1)]
+                self._heal_failures[resource.id] = (failures + 1, time.monotonic() + wait)
+            except Exception:
+                log.exception("health check of %s %s failed", resource.kind, resource.id)
+                continue
+            self._note_health(resource, error)
+
+    def _note_health(self, resource: Resource, error: dict | None) -> None:
+        """An ACTIVE resource's errorInfo says what the health pass cannot bring back, until it can. (An
+        UPDATE_FAILED one keeps its update's errorInfo.)"""
+        wanted = [error] if error else None
+        if resource.status != "ACTIVE" or resource.state.get("errorInfo") == wanted:
+            return
+        state = {key: value for key, value in resource.state.items() if key != "errorInfo"}
+        if error:
+            log.warning("%s %s: %s", resource.kind, resource.id, error["message"])
+            state["errorInfo"] = wanted
+        self._record(resource, resource.status, state)
 
     def _record(self, resource: Resource, status: str, state: dict) -> bool:
         with self.store.write() as conn:

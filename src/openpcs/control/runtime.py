@@ -111,6 +111,14 @@ class Runtime:
                               for kind in wanted]
         return state
 
+    def heal_cluster(self, cluster: Resource) -> None:
+        """Start an ACTIVE cluster's munged or slurmctld again if it has stopped (crashed, killed, the host
+        restarted); RuntimeFailure with Slurm's words if it will not start."""
+        controller = SlurmController(self.layout, cluster.id)
+        if not controller.daemons_alive():
+            log.warning("cluster %s: its munged or slurmctld had stopped; starting it again", cluster.id)
+            controller.ensure_running()
+
     def remove_cluster(self, cluster: Resource) -> None:
         with self.store.read() as conn:
             groups = rows.children(conn, cluster.id, ids.NODE_GROUP)
@@ -142,27 +150,41 @@ class Runtime:
                 SlurmController(self.layout, cluster.id).scontrol(
                     "update", f"nodename={slurm_config.compress_hostlist(kept)}", "state=power_down_force")
         issued = self._issue_instances(cluster, group, wanted)
-        log = self.layout.log_dir(cluster.id) / "agent.log"
+        self._launch_absent(cluster, issued)
+        self._wait_for_nodes(cluster, group, [i.node_name for i in issued])
+        state = dict(group.state)
+        state.pop("errorInfo", None)
+        return state
+
+    def heal_node_group(self, cluster: Resource, group: Resource) -> None:
+        """Launch again the instances of an ACTIVE group whose slurmd has stopped (crashed, killed, the host
+        restarted); RuntimeFailure names those that cannot come back."""
+        with self.store.read() as conn:
+            issued = instance_rows.of_node_group(conn, group.id)
+        self._launch_absent(cluster, issued, lost=True)
+
+    def _launch_absent(self, cluster: Resource, instances: list[instance_rows.Instance], lost: bool = False) -> None:
+        """Have the provider launch the instances it does not run. One that failed to come up is set DOWN in
+        Slurm with the reason and raised as NodeRegistrationFailed; the next look tries it again."""
         to_launch, failed = [], []
-        for instance in issued:
+        for instance in instances:
             status, detail = self.provider.status(instance.id)
             if status == "absent":
-                to_launch.append(instance.id)
+                to_launch.append(instance)
             elif status == "failed":
                 failed.append((instance, detail))
-        self.provider.launch(to_launch, log)
+        if lost and to_launch:
+            log.warning("cluster %s: %s had stopped; launching again", cluster.id,
+                        slurm_config.compress_hostlist([i.node_name for i in to_launch]))
+        self.provider.launch([i.id for i in to_launch], self.layout.log_dir(cluster.id) / "agent.log")
         if failed:
             controller = SlurmController(self.layout, cluster.id)
             for instance, detail in failed:
                 reason = f"openpcs: {detail}"[:200].replace('"', "'")
                 controller.scontrol("update", f"nodename={instance.node_name}", "state=down", f"reason={reason}")
-                self.provider.relaunch(instance.id)  # an update of the node group tries again
+                self.provider.relaunch(instance.id)
             raise RuntimeFailure("NodeRegistrationFailed", "; ".join(
                 f"{instance.node_name} ({instance.id}): {detail}" for instance, detail in failed))
-        self._wait_for_nodes(cluster, group, [i.node_name for i in issued])
-        state = dict(group.state)
-        state.pop("errorInfo", None)
-        return state
 
     def _issue_instances(self, cluster: Resource, group: Resource, wanted: int) -> list[instance_rows.Instance]:
         """Have `wanted` instances recorded, named <group name>-<n> with the lowest free n, each with its

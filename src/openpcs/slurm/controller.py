@@ -105,6 +105,10 @@ class SlurmController:
         """Have slurmctld and every slurmd re-read the configuration."""
         self.scontrol("reconfigure")
 
+    def daemons_alive(self) -> bool:
+        """munged and slurmctld both run (by their records; no request to them)."""
+        return all(processes.adopt(self.run_dir / record) is not None for record in ("munged.json", "slurmctld.json"))
+
     def running(self) -> bool:
         return processes.adopt(self.run_dir / "slurmctld.json") is not None and self.ping()
 

@@ -60,6 +60,8 @@ _PAGE = (select(resources).where(_IN_SCOPE, resources.c.seq > bindparam("after")
          .order_by(resources.c.seq).limit(bindparam("limit")))
 _IN_TRANSITION = (select(resources).where(resources.c.status.in_(("CREATING", "UPDATING", "DELETING")))
                   .order_by(resources.c.seq))
+_SETTLED = (select(resources).where(resources.c.status.in_(("ACTIVE", "UPDATE_FAILED")))
+            .order_by(resources.c.seq))
 
 
 def find(conn: Connection, kind: str, identifier: str, cluster_id: str = "") -> Resource | None:
@@ -93,6 +95,11 @@ def page(conn: Connection, kind: str, cluster_id: str, after: int, limit: int) -
 
 def in_transition(conn: Connection) -> list[Resource]:
     return [Resource.from_row(row) for row in conn.execute(_IN_TRANSITION)]
+
+
+def settled(conn: Connection) -> list[Resource]:
+    """Resources meant to be running as they are (ACTIVE, UPDATE_FAILED): what the health pass looks after."""
+    return [Resource.from_row(row) for row in conn.execute(_SETTLED)]
 
 
 def insert(conn: Connection, kind: str, cluster_id: str, name: str, spec: dict[str, Any],
