@@ -47,6 +47,9 @@ MUNGE_KEY_BYTES = 1024
 REGISTER_SCOPE = "pcs:RegisterComputeNodeGroupInstance"
 # How long a node group may wait for its nodes before it fails with what Slurm says of them.
 NODES_TIMEOUT_SECONDS = 120.0
+# How often to ask Slurm for the state of nodes coming up: each ask is an RPC that slurmctld answers
+# between the nodes' registrations.
+NODES_POLL_SECONDS = 0.2
 
 _POWER_SCRIPT = """#!/bin/sh
 # Written by openpcs. Slurm's power saving calls this for the node group's CLOUD nodes (above
@@ -64,6 +67,7 @@ class Runtime:
         self.provider = LocalProvider(self.layout)
         self._waiting_since: dict[str, float] = {}
         self.drains = Drains(drain_timeout)
+        self._synced: dict[str, tuple] = {}  # cluster id -> what its running configuration was rendered from
 
     def _guard(self, what: str, action: Any) -> Any:
         try:
@@ -125,6 +129,7 @@ class Runtime:
         for group in groups:  # none, normally: a cluster with node groups cannot be deleted
             self._terminate_instances(group)
         SlurmController(self.layout, cluster.id).stop()
+        self._synced.pop(cluster.id, None)
         Ports(self.layout, cluster.id).release()
         for directory in (self.layout.socket_dir(cluster.id), self.layout.cluster_dir(cluster.id)):
             self._guard("remove the cluster's files",
@@ -229,7 +234,7 @@ class Runtime:
             return
         since = self._waiting_since.setdefault(group.id, time.monotonic())
         if time.monotonic() - since < NODES_TIMEOUT_SECONDS:
-            raise RuntimePending
+            raise RuntimePending(retry_after=NODES_POLL_SECONDS)
         self._waiting_since.pop(group.id, None)
         raise RuntimeFailure("NodesNotReady", f"{len(down)} of {len(names)} nodes did not come up within "
                                               f"{NODES_TIMEOUT_SECONDS:.0f} s: " + "; ".join(
@@ -326,6 +331,13 @@ class Runtime:
         # it is `removing`.
         groups = [r for r in children if r.kind == ids.NODE_GROUP and (r.status != "DELETING" or r.id in highest)]
         queues = [r for r in children if r.kind == ids.QUEUE and r.id != removing]
+        # The configuration is a function of these: unchanged since the last sync, with the daemons still up,
+        # there is nothing to do (a node group waiting for its nodes asks every 50 ms).
+        inputs = (cluster.generation, removing, tuple(sorted(highest.items())),
+                  tuple((r.id, r.generation, r.status) for r in children))
+        if self._synced.get(cluster.id) == inputs and controller.daemons_alive():
+            return
+        self._synced.pop(cluster.id, None)
         spec = self._cluster_spec(cluster, groups, queues, highest)
         self._guard("create the stand-in GPU device files", lambda: _gpu_devices(spec))
         files = slurm_config.render(spec)
@@ -333,6 +345,7 @@ class Runtime:
         plan = slurm_config.plan_reload(previous, files)
         was_running = controller.running()
         if not plan.changed and was_running:
+            self._synced[cluster.id] = inputs
             return
         if plan.changed:
             controller.check_config(files)  # Slurm's own parser, before a running slurmctld sees the files
@@ -354,6 +367,7 @@ class Runtime:
                 if not controller.running():
                     controller.ensure_running()
             raise
+        self._synced[cluster.id] = inputs
 
     def _restart_nodes(self, cluster: Resource, names: tuple[str, ...]) -> None:
         """Nodes whose CPUs, memory or GRES changed: their slurmd restarts (the agent brings it up again)."""
