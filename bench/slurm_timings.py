@@ -26,8 +26,7 @@ import boto3
 sys.path.insert(0, str(Path(__file__).parent))
 from api_throughput import REGION, SUBNET, Started, free_port, read_key, wait_for_port  # noqa: E402
 
-from openpcs import processes  # noqa: E402
-from openpcs.layout import DataLayout  # noqa: E402
+from openpcs.control.teardown import stop_everything  # noqa: E402
 
 PROFILE = "arn:aws:iam::123456789012:instance-profile/AWSPCS-bench"
 GOALS = {"cluster": 1.0, 32: 3.0, 256: 10.0}
@@ -98,11 +97,7 @@ def main() -> int:
             results.append((f"sbatch -N2 --wait {when} (job {job}) -> COMPLETED", time.monotonic() - t0, None))
     finally:
         started.cleanup()
-        layout = DataLayout(data)
-        for record in layout.daemon_records():
-            processes.stop(record, timeout=5)
-        for cluster_dir in data.glob("clusters/*"):
-            shutil.rmtree(layout.socket_dir(cluster_dir.name), ignore_errors=True)
+        stop_everything(data)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     met = True

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,9 +18,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from openpcs import processes
-from openpcs.control.ports import Ports
-from openpcs.layout import DataLayout
+from openpcs.control.teardown import stop_everything
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pgserver import PostgresServer, postgres_available  # noqa: E402
@@ -95,12 +92,7 @@ class OpenPcs:
         """Stop the server and every daemon its clusters started (they outlive the server by design), by the
         PIDs recorded under the data dir: node agents, slurmd, slurmctld, munged."""
         self.stop()
-        layout = DataLayout(self.data_dir)
-        for record in layout.daemon_records():
-            processes.stop(record, timeout=5)
-        for cluster in self.data_dir.glob("clusters/*"):
-            shutil.rmtree(layout.socket_dir(cluster.name), ignore_errors=True)
-            Ports(layout, cluster.name).release()
+        stop_everything(self.data_dir)
 
     def _wait_workers_gone(self, timeout: float = 20.0) -> None:
         # The workers are in serve's process group (its session, by start_new_session) until they exit.

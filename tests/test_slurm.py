@@ -293,22 +293,29 @@ def group_of(pcs, cluster: dict, group: dict) -> dict:
                                       computeNodeGroupIdentifier=group["id"])["computeNodeGroup"]
 
 
-def test_deleting_a_node_group_drains_its_nodes_and_lets_running_jobs_finish(server, tmp_path):
+def delete_a_node_group_under_a_job(server: OpenPcs, out: Path, command: str) -> tuple:
+    """Two node groups in one queue, a job running `command` on the first one's node, the queue moved to the
+    second group, and the first group deleted. Returns (pcs, cluster, deleted group, kept group, job)."""
     pcs = server.client()
     cluster = create_cluster(pcs, unique())
     leaving = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
     staying = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
     queue = create_queue(pcs, cluster["id"], [leaving["id"], staying["id"]])
-    out = tmp_path / "drained.txt"
-    node = f"{leaving['name']}-1"
-    job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-w", node, "-o",
-                       str(out), "--wrap", "sleep 4; echo done").stdout.strip()
+    job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-w",
+                       f"{leaving['name']}-1", "-o", str(out), "--wrap", command).stdout.strip()
     wait_job_running(server, cluster["name"], job)
     pcs.update_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"],
                      computeNodeGroupConfigurations=[{"computeNodeGroupId": staying["id"]}])
     wait_for(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]), "queue",
              ("ACTIVE",))
     pcs.delete_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=leaving["id"])
+    return pcs, cluster, leaving, staying, job
+
+
+def test_deleting_a_node_group_drains_its_nodes_and_lets_running_jobs_finish(server, tmp_path):
+    out = tmp_path / "drained.txt"
+    pcs, cluster, leaving, staying, job = delete_a_node_group_under_a_job(server, out, "sleep 4; echo done")
+    node = f"{leaving['name']}-1"
     deadline = time.monotonic() + 10
     while "DRAIN" not in node_states(server, cluster["name"])[node]:
         assert time.monotonic() < deadline, "the node was not drained"
@@ -358,22 +365,9 @@ def _processes_running(argv: list[str]) -> list[int]:
 
 def test_jobs_outlasting_the_drain_timeout_are_cancelled_and_leave_no_process(tmp_path):
     server = OpenPcs(tmp_path / "data", None, "--drain-timeout", "1").start()
-    pcs = server.client()
-    cluster = create_cluster(pcs, unique())
-    leaving = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
-    staying = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
-    queue = create_queue(pcs, cluster["id"], [leaving["id"], staying["id"]])
     marker = ["sleep", "617"]  # a command line no other process has: the job's own
-    job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-w",
-                       f"{leaving['name']}-1", "-o", str(tmp_path / "cancelled.txt"), "--wrap",
-                       " ".join(marker)).stdout.strip()
-    wait_job_running(server, cluster["name"], job)
-    assert _processes_running(marker)
-    pcs.update_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"],
-                     computeNodeGroupConfigurations=[{"computeNodeGroupId": staying["id"]}])
-    wait_for(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]), "queue",
-             ("ACTIVE",))
-    pcs.delete_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=leaving["id"])
+    pcs, cluster, leaving, _, job = delete_a_node_group_under_a_job(server, tmp_path / "cancelled.txt",
+                                                                    " ".join(marker))
     wait_gone(lambda: group_of(pcs, cluster, leaving), pcs.exceptions.ResourceNotFoundException, timeout=60)
     assert job_state(server, cluster["name"], job) == "CANCELLED"
     assert not _processes_running(marker)  # Slurm ended the job's step before its node stopped
