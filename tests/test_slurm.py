@@ -4,6 +4,7 @@ started (conftest closes every server and the daemons recorded under its data di
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -243,7 +244,7 @@ def test_instance_secrets_are_private_and_their_keys_may_only_register(server):
                     if '"' + cluster["id"] + '"' in (p / "bootstrap.json").read_text())
     for name in ("bootstrap.json", "munge.key"):
         assert stat.S_IMODE((instance / name).stat().st_mode) == 0o600
-    boot = __import__("json").loads((instance / "bootstrap.json").read_text())
+    boot = json.loads((instance / "bootstrap.json").read_text())
     scoped = server.client(access_key=boot["accessKeyId"], secret_key=boot["secretAccessKey"])
     with pytest.raises(scoped.exceptions.AccessDeniedException):
         scoped.list_clusters()
@@ -396,14 +397,14 @@ def test_deleting_a_queue_drains_its_partition_and_lets_its_jobs_finish(server, 
 
 
 def _record_pid(record: Path) -> int:
-    return __import__("json").loads(record.read_text())["pid"]
+    return json.loads(record.read_text())["pid"]
 
 
 def _slurmd_records(data: Path) -> dict[str, Path]:
     """node name -> the record of its slurmd (its argv holds `-N <node>`)."""
     found = {}
     for record in data.glob("instances/*/slurmd.json"):
-        argv = __import__("json").loads(record.read_text())["argv"]
+        argv = json.loads(record.read_text())["argv"]
         found[argv[argv.index("-N") + 1]] = record
     return found
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger("openpcs.runtime")
@@ -39,16 +39,18 @@ class Drains:
     def started(self, key: str) -> bool:
         return key in self._drains
 
-    def busy(self, key: str, what: str, jobs: Callable[[], Sized], cancel: Callable[[], None]) -> bool:
-        """Whether `what` still has jobs (`jobs()` is empty once it has none), counting from the first call
-        for `key`. Past the timeout its jobs are cancelled, once; past the cancel grace it counts as free."""
+    def busy(self, key: str, what: str, jobs: Callable[[], list[str]], cancel: Callable[[list[str]], None]) -> bool:
+        """Whether `what` still has jobs (`jobs()` lists what still holds them: nodes, job ids; empty once
+        none), counting from the first call for `key`. Past the timeout `cancel` is given that list, once;
+        past the cancel grace it counts as free."""
         drain = self._drains.setdefault(key, _Drain(time.monotonic()))
-        if not jobs():
+        holding = jobs()
+        if not holding:
             return False
         waited = time.monotonic() - drain.since
         if waited >= self.timeout and not drain.cancelled:
             log.warning("%s still has jobs after %.0f s of draining; cancelling them", what, waited)
-            cancel()
+            cancel(holding)
             drain.cancelled = True
         if waited >= self.timeout + CANCEL_GRACE_SECONDS:
             log.warning("%s still has jobs %.0f s after cancelling them; going on regardless", what,

@@ -276,8 +276,8 @@ class Runtime:
                 states = node_states(controller.scontrol("-o", "show", "node"))
                 return [n for n in names if node_is_busy(states.get(n, ("", ""))[0])]
 
-            def cancel() -> None:
-                controller.run("scancel", f"--nodelist={slurm_config.compress_hostlist(busy_nodes())}")
+            def cancel(busy: list[str]) -> None:
+                controller.run("scancel", f"--nodelist={slurm_config.compress_hostlist(busy)}")
 
             if self.drains.busy(group.id, f"nodes {hostlist} of {group.id}", busy_nodes, cancel):
                 raise RuntimePending(retry_after=DRAIN_POLL_SECONDS)
@@ -313,7 +313,7 @@ class Runtime:
         if controller.running() and self.drains.busy(
                 queue.id, f"queue {queue.name} ({queue.id})",
                 lambda: controller.run("squeue", "--noheader", f"--partition={queue.name}", "--format=%i").split(),
-                lambda: controller.run("scancel", f"--partition={queue.name}")):
+                lambda _jobs: controller.run("scancel", f"--partition={queue.name}")):
             raise RuntimePending(retry_after=DRAIN_POLL_SECONDS)
         self.drains.done(queue.id)
         self._sync_config(cluster, removing=queue.id)
@@ -332,7 +332,7 @@ class Runtime:
         groups = [r for r in children if r.kind == ids.NODE_GROUP and (r.status != "DELETING" or r.id in highest)]
         queues = [r for r in children if r.kind == ids.QUEUE and r.id != removing]
         # The configuration is a function of these: unchanged since the last sync, with the daemons still up,
-        # there is nothing to do (a node group waiting for its nodes asks every 50 ms).
+        # there is nothing to do (a node group waiting for its nodes or its drain asks again and again).
         inputs = (cluster.generation, removing, tuple(sorted(highest.items())),
                   tuple((r.id, r.generation, r.status) for r in children))
         if self._synced.get(cluster.id) == inputs and controller.daemons_alive():
