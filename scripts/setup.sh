@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine for openpcs: system packages, then a virtualenv in .venv with openpcs.
-#   scripts/setup.sh          what `openpcs serve` needs (Slurm and munge from Debian, openpcs in .venv)
-#   scripts/setup.sh --test   plus what the tests need (PostgreSQL, the AWS CLI, pytest, moto, ruff)
+#   scripts/setup.sh          what `openpcs serve` and the README's quick start need: munge, Slurm 24.11
+#                             (scripts/build-slurm.sh), openpcs with boto3 and the AWS CLI in .venv
+#   scripts/setup.sh --test   plus what the tests need (PostgreSQL, pytest, moto, ruff)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,10 +10,8 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 packages=()
-# Every cluster is a real Slurm: its controller, nodes and client commands, and munge for their auth.
-for tool in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || packages+=("${tool##*:}")
-done
+# Every cluster's daemons authenticate with munge.
+command -v munged >/dev/null 2>&1 || [ -x /usr/sbin/munged ] || packages+=(munge)
 if [ "$want_test" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     packages+=(postgresql)
 fi
@@ -22,6 +21,8 @@ if [ ${#packages[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
+# Every cluster is a real Slurm 24.11: built once per machine (about 4 minutes), then found by path.
+scripts/build-slurm.sh
 
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
@@ -35,7 +36,7 @@ fi
 echo "== installing openpcs into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$want_test" = 1 ]; then
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q -e '.[clients,test]'
 else
-    .venv/bin/python -m pip install -q -e .
+    .venv/bin/python -m pip install -q -e '.[clients]'
 fi

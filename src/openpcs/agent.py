@@ -28,7 +28,6 @@ from botocore.credentials import Credentials
 
 from . import processes
 from .files import write_private
-from .slurm.controller import binary
 
 REGISTER_TARGET = "AWSParallelComputingService.RegisterComputeNodeGroupInstance"
 # The API may be restarting: keep trying this long before giving up on an instance.
@@ -85,8 +84,12 @@ def bring_up(directory: Path) -> bool:
             node = answer["nodeID"]
             conf = boot["slurmConf"]  # the local provider shares the cluster's configuration, as NFS would
             (Path(boot["spoolDir"]) / node).mkdir(parents=True, exist_ok=True)
-            processes.spawn([binary("slurmd"), "-D", "-N", node, "-f", conf], directory / "slurmd.json",
-                            Path(boot["logDir"]) / f"slurmd-{node}.out", env={"SLURM_CONF": conf, "PATH": _PATH})
+            # The cluster's own Slurm build, by absolute path; its working directory is the log dir, where a
+            # core dump of slurmd or a job's slurmstepd then lands.
+            build_bin = str(Path(boot["slurmd"]).parent.parent / "bin")
+            processes.spawn([boot["slurmd"], "-D", "-N", node, "-f", conf], directory / "slurmd.json",
+                            Path(boot["logDir"]) / f"slurmd-{node}.out",
+                            env={"SLURM_CONF": conf, "PATH": f"{build_bin}:{_PATH}"}, cwd=Path(boot["logDir"]))
         except Exception as exc:  # one instance's failure must not stop the others
             write_private(directory / "failure.txt", str(exc).encode())
             return False

@@ -21,6 +21,7 @@ from .control.runtime import Runtime
 from .layout import DataLayout
 from .pcs.handlers import PcsHandlers, ServiceContext
 from .pcs.views import Views
+from .slurm.builds import Catalog
 from .store.db import Store, sqlite_url
 
 DEFAULT_REGION = "us-east-1"
@@ -75,7 +76,7 @@ class Service:
     The API itself runs in worker processes (build_api); this process owns everything that must exist once.
     """
 
-    def __init__(self, data_dir: Path, database: str | None, region: str | None, api_url: str,
+    def __init__(self, data_dir: Path, database: str | None, region: str | None, api_url: str, slurm: Catalog,
                  drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS) -> None:
         self.data_dir = data_dir
         self.store = open_store(data_dir, database)
@@ -84,7 +85,7 @@ class Service:
             raise SystemExit(f"This data dir serves region {self.identity.region}; it cannot change to {region}.")
         self.credentials_path = ensure_credentials(self.store, data_dir, self.identity.region)
         page_token_key(self.store)  # made here, once, so that workers only ever read it
-        self.runtime = Runtime(data_dir, self.store, self.identity.region, self.identity.account, api_url,
+        self.runtime = Runtime(data_dir, self.store, self.identity.region, self.identity.account, api_url, slurm,
                                drain_timeout)
         self.reconciler = Reconciler(self.store, self.runtime)
 
@@ -96,13 +97,15 @@ class Service:
         self.store.close()
 
 
-def build_api(data_dir: Path, database: str | None, max_clusters: int,
+def build_api(data_dir: Path, database: str | None, max_clusters: int, scheduler_versions: list[str],
               after_write: Callable[[], None]) -> tuple[ApiApp, Store]:
-    """The API one worker process serves, on its own connections to the store the supervisor set up."""
+    """The API one worker process serves, on its own connections to the store the supervisor set up.
+    `scheduler_versions` are the Slurm versions this server runs (a build, or a mapping onto one)."""
     store = open_store(data_dir, database)
     who = identity(store, None)
     context = ServiceContext(views=Views(who.region, who.account), tokens=PageTokens(page_token_key(store)),
-                             max_clusters=max_clusters, shared_secret=DataLayout(data_dir).shared_secret)
+                             max_clusters=max_clusters, shared_secret=DataLayout(data_dir).shared_secret,
+                             scheduler_versions=tuple(scheduler_versions))
     pcs = Frontend(load_service("pcs"), Dispatcher(store, PcsHandlers(context), after_write=after_write))
     keys = KeyCache(store)
     return ApiApp([pcs], SigV4Verifier(keys.secret, region=who.region), keys.scope), store

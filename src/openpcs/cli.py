@@ -60,35 +60,59 @@ def main() -> None:
               type=click.FloatRange(0), metavar="SECONDS",
               help="How long running jobs may take to end on nodes being taken away (a deleted node group, a "
                    "lower minInstanceCount) before they are cancelled.")
+@click.option("--slurm-version-map", "version_map", multiple=True, metavar="REQUESTED=INSTALLED",
+              help="Run clusters that ask for Slurm REQUESTED (e.g. 25.05) on the installed INSTALLED build (e.g. "
+                   "24.11). Repeatable. Shown in the log and by 'openpcs version'; without it, versions with no "
+                   "build are refused.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str, port: int, data_dir: Path | None, database: str | None, region: str | None,
-          max_clusters: int, reconcile: bool, workers: int, drain_timeout: float, log_level: str) -> None:
+          max_clusters: int, reconcile: bool, workers: int, drain_timeout: float, version_map: tuple[str, ...],
+          log_level: str) -> None:
     """Run the API and the reconcilers in the foreground."""
+    import logging
+
     from .api.http import bind
     from .api.server import configure_logging
+    from .slurm.builds import catalog
     from .supervisor import WorkerFailed, Workers
 
     configure_logging(log_level)
+    try:
+        slurm = catalog(version_map)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--slurm-version-map") from None
+    _log_slurm_builds(logging.getLogger("openpcs.serve"), slurm)
     directory = _data_dir(data_dir)
     sock = bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
-    service = Service(directory, database, region, url, drain_timeout)
+    service = Service(directory, database, region, url, slurm, drain_timeout)
     (directory / "server.json").write_text(json.dumps({"url": url, "region": service.identity.region,
-                                                       "pid": os.getpid()}) + "\n")
+                                                       "pid": os.getpid(), "slurm": slurm.describe()}) + "\n")
     if reconcile:
         service.start()
     click.echo(f"openpcs {__version__} serving PCS on {url} with {workers} API worker(s) (data dir {directory}, "
                f"region {service.identity.region}); client settings: eval \"$(openpcs env --data-dir {directory})\"",
                err=True)
     config = {"data_dir": str(directory), "database": database, "max_clusters": max_clusters,
-              "log_level": log_level}
+              "log_level": log_level, "scheduler_versions": slurm.releases()}
     try:
         Workers(workers, sock, config, on_write=service.reconciler.wake if reconcile else None).run()
     except WorkerFailed as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         service.stop()
+
+
+def _log_slurm_builds(log, slurm) -> None:
+    if not slurm.builds:
+        log.warning("no Slurm build is installed: every CreateCluster will be refused. Run scripts/build-slurm.sh.")
+    for release, build in slurm.describe().items():
+        if "mappedTo" in build:
+            log.warning("clusters asking for Slurm %s run Slurm %s (%s), as --slurm-version-map says", release,
+                        build["version"], build["prefix"])
+        else:
+            log.info("Slurm %s: %s", build["version"], build["prefix"])
 
 
 @main.command()
@@ -106,8 +130,7 @@ def env(data_dir: Path | None) -> None:
         "AWS_PROFILE": PROFILE,
         "AWS_DEFAULT_REGION": server["region"],
         "AWS_REGION": server["region"],
-        "AWS_ENDPOINT_URL_PCS": server["url"],
-        "AWS_ENDPOINT_URL_SAGEMAKER": server["url"],
+        "AWS_ENDPOINT_URL_PCS": server["url"],  # the services openpcs serves, and only those
     }
     for name, value in exports.items():
         click.echo(f"export {name}={shlex.quote(value)}")
@@ -172,6 +195,7 @@ def exec_(data_dir: Path | None, database: str | None, cluster: str, command: tu
     """Run a Slurm command against CLUSTER (its name or id): openpcs exec demo -- sinfo."""
     from .domain import ids
     from .layout import DataLayout
+    from .slurm.controller import SlurmController
     from .store import resources as rows
 
     command = command[1:] if command[0] == "--" else command  # `--` is optional; click keeps it here
@@ -183,21 +207,39 @@ def exec_(data_dir: Path | None, database: str | None, cluster: str, command: tu
     if found is None:
         raise click.ClickException(f"No cluster {cluster!r} in this openpcs (data dir {directory}). "
                                    "'aws pcs list-clusters' lists them.")
-    conf = DataLayout(directory).slurm_conf(found.id)
-    if not conf.exists():
+    controller = SlurmController(DataLayout(directory), found.id, None)
+    build = controller.recorded_build()
+    if build is None or not controller.conf.exists():
         raise click.ClickException(f"Cluster {found.name} ({found.id}) is {found.status} and has no running Slurm yet.")
+    # The cluster's own build first on PATH, so a script or tool run here calls its sbatch, whatever else is installed.
+    path = f"{Path(build['prefix']) / 'bin'}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
     try:
-        os.execvpe(command[0], list(command), {**os.environ, "SLURM_CONF": str(conf)})
+        os.execvpe(command[0], list(command), {**os.environ, "SLURM_CONF": str(controller.conf), "PATH": path})
     except FileNotFoundError:
-        raise click.ClickException(f"{command[0]}: command not found. Slurm's client commands (sbatch, srun, "
-                                   "squeue, sinfo, scontrol, scancel) come with the slurm-client package.") from None
+        raise click.ClickException(f"{command[0]}: command not found. Slurm's client commands (sbatch, srun, squeue, "
+                                   f"sinfo, scontrol, scancel) are in {build['prefix']}/bin.") from None
 
 
 @main.command()
-def version() -> None:
-    """The versions of openpcs, of the Slurm it runs, and the scheduler versions its API accepts."""
-    from .domain.rules import SCHEDULER_VERSIONS
-    from .slurm.controller import slurm_version
+@data_dir_option
+def version(data_dir: Path | None) -> None:
+    """The versions of openpcs, of the Slurm builds it runs, and any version mapping of the server in the data
+    dir (its last start)."""
+    from .slurm.builds import installed
 
-    click.echo(f"openpcs {__version__}\nSlurm {slurm_version() or 'not installed'} (what every cluster runs)\n"
-               f"scheduler versions the API accepts: {', '.join(sorted(SCHEDULER_VERSIONS))}")
+    click.echo(f"openpcs {__version__}")
+    builds = installed()
+    if not builds:
+        click.echo("Slurm: no build installed (scripts/build-slurm.sh installs 24.11)")
+    for build in builds:
+        click.echo(f"Slurm {build.version}: {build.prefix} (runs clusters of version {build.release})")
+    try:
+        served = json.loads((_data_dir(data_dir) / "server.json").read_text()).get("slurm", {})
+    except FileNotFoundError:
+        served = {}
+    for release, build in served.items():
+        if "mappedTo" in build:
+            click.echo(f"Slurm {release} is mapped to Slurm {build['version']}: clusters that ask for {release} "
+                       f"run {build['version']} (serve --slurm-version-map)")
+    releases = sorted(served) if served else sorted({b.release for b in builds})
+    click.echo(f"scheduler versions the API accepts: {', '.join(releases) or 'none'}")

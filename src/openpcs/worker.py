@@ -47,7 +47,7 @@ def main(config: dict) -> None:
     configure_logging(config["log_level"])
     sock = socket.socket(fileno=config["listen_fd"])
     app, store = build_api(Path(config["data_dir"]), config["database"], config["max_clusters"],
-                           _nudger(config["wake_fd"]))
+                           config["scheduler_versions"], _nudger(config["wake_fd"]))
     try:
         Server(app, sock).run()
     finally:

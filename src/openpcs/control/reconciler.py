@@ -140,6 +140,8 @@ class Reconciler:
                 getattr(self.runtime, f"heal_{_kind(resource)}")(*_args(cluster, resource))
                 error = None
                 self._heal_failures.pop(resource.id, None)
+            except RuntimePending:
+                continue  # e.g. slurmctld starting: the next health pass looks again
             except RuntimeFailure as failure:
                 error = {"code": failure.code, "message": failure.message}
                 wait = HEAL_BACKOFF_SECONDS[min(failures, len(HEAL_BACKOFF_SECONDS) - 1)]

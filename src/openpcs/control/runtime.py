@@ -29,6 +29,7 @@ from ..files import write_private
 from ..layout import DataLayout
 from ..providers.local import LocalProvider
 from ..slurm import config as slurm_config
+from ..slurm.builds import Catalog, VersionUnavailable
 from ..slurm.controller import SlurmController
 from ..slurm.nodes import node_is_busy, node_is_up, node_states
 from ..store import instances as instance_rows
@@ -59,15 +60,26 @@ echo "$(date -u +%FT%TZ) {action} $*" >> {log}
 
 
 class Runtime:
-    def __init__(self, data_dir: Path, store: Store, region: str, account: str, api_url: str,
+    def __init__(self, data_dir: Path, store: Store, region: str, account: str, api_url: str, slurm: Catalog,
                  drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS) -> None:
-        self.data_dir, self.store = data_dir, store
+        self.data_dir, self.store, self.slurm = data_dir, store, slurm
         self.region, self.account, self.api_url = region, account, api_url
         self.layout = DataLayout(data_dir)
         self.provider = LocalProvider(self.layout)
         self._waiting_since: dict[str, float] = {}
         self.drains = Drains(drain_timeout)
         self._synced: dict[str, tuple] = {}  # cluster id -> what its running configuration was rendered from
+
+    def _controller(self, cluster: Resource, *, stopping: bool = False) -> SlurmController:
+        """The cluster's Slurm, run by the build of the version it asked for. A cluster being taken down needs
+        no build (its daemons stop by PID)."""
+        try:
+            build = self.slurm.for_release(cluster.spec["scheduler"]["version"])
+        except VersionUnavailable as exc:
+            if stopping:
+                return SlurmController(self.layout, cluster.id, None)
+            raise RuntimeFailure("SlurmVersionUnavailable", str(exc)) from exc
+        return SlurmController(self.layout, cluster.id, build)
 
     def _guard(self, what: str, action: Any) -> Any:
         try:
@@ -118,8 +130,10 @@ class Runtime:
     def heal_cluster(self, cluster: Resource) -> None:
         """Start an ACTIVE cluster's munged or slurmctld again if it has stopped (crashed, killed, the host
         restarted); RuntimeFailure with Slurm's words if it will not start."""
-        controller = SlurmController(self.layout, cluster.id)
-        if not controller.daemons_alive():
+        controller = self._controller(cluster)
+        if controller.build_changed():  # its daemons (which outlive the server) are an earlier openpcs's
+            self._sync_config(cluster)
+        elif not controller.daemons_alive():
             log.warning("cluster %s: its munged or slurmctld had stopped; starting it again", cluster.id)
             controller.ensure_running()
 
@@ -128,7 +142,7 @@ class Runtime:
             groups = rows.children(conn, cluster.id, ids.NODE_GROUP)
         for group in groups:  # none, normally: a cluster with node groups cannot be deleted
             self._terminate_instances(group)
-        SlurmController(self.layout, cluster.id).stop()
+        self._controller(cluster, stopping=True).stop()
         self._synced.pop(cluster.id, None)
         Ports(self.layout, cluster.id).release()
         for directory in (self.layout.socket_dir(cluster.id), self.layout.cluster_dir(cluster.id)):
@@ -152,7 +166,7 @@ class Runtime:
             kept = [i.node_name for i in surplus
                     if _node_index(i.node_name) <= group.spec["scalingConfiguration"]["maxInstanceCount"]]
             if kept:
-                SlurmController(self.layout, cluster.id).scontrol(
+                self._controller(cluster).scontrol(
                     "update", f"nodename={slurm_config.compress_hostlist(kept)}", "state=power_down_force")
         issued = self._issue_instances(cluster, group, wanted)
         self._launch_absent(cluster, issued)
@@ -183,7 +197,7 @@ class Runtime:
                         slurm_config.compress_hostlist([i.node_name for i in to_launch]))
         self.provider.launch([i.id for i in to_launch], self.layout.log_dir(cluster.id) / "agent.log")
         if failed:
-            controller = SlurmController(self.layout, cluster.id)
+            controller = self._controller(cluster)
             for instance, detail in failed:
                 reason = f"openpcs: {detail}"[:200].replace('"', "'")
                 controller.scontrol("update", f"nodename={instance.node_name}", "state=down", f"reason={reason}")
@@ -220,6 +234,7 @@ class Runtime:
         data = {"instanceId": instance.id, "clusterIdentifier": cluster.id, "bootstrapId": bootstrap_id,
                 "endpointUrl": self.api_url, "region": self.region, "accessKeyId": key.access_key_id,
                 "secretAccessKey": key.secret_access_key, "slurmConf": str(self.layout.slurm_conf(cluster.id)),
+                "slurmd": self._controller(cluster).binary("slurmd"),
                 "logDir": str(self.layout.log_dir(cluster.id)),
                 "spoolDir": str(self.layout.spool_dir(cluster.id))}
         write_private(self.layout.instance_dir(instance.id) / "bootstrap.json", orjson.dumps(data))
@@ -244,7 +259,7 @@ class Runtime:
 
     def _node_states(self, cluster: Resource) -> dict[str, tuple[str, str]]:
         """node name -> (state, reason), from scontrol: sinfo would not show nodes that are in no partition."""
-        return node_states(SlurmController(self.layout, cluster.id).scontrol("-o", "show", "node"))
+        return node_states(self._controller(cluster).scontrol("-o", "show", "node"))
 
     def remove_node_group(self, cluster: Resource, group: Resource) -> None:
         with self.store.read() as conn:
@@ -260,7 +275,7 @@ class Runtime:
         if not instances:
             self.drains.done(group.id)
             return
-        controller = SlurmController(self.layout, cluster.id)
+        controller = self._controller(cluster, stopping=True)
         names = [i.node_name for i in instances]
         hostlist = slurm_config.compress_hostlist(names)
         if controller.running():
@@ -309,7 +324,7 @@ class Runtime:
     def remove_queue(self, cluster: Resource, queue: Resource) -> None:
         """Drain the partition (rendered State=DRAIN while the queue is DELETING), wait for its jobs, drop it."""
         self._sync_config(cluster)
-        controller = SlurmController(self.layout, cluster.id)
+        controller = self._controller(cluster)
         if controller.running() and self.drains.busy(
                 queue.id, f"queue {queue.name} ({queue.id})",
                 lambda: controller.run("squeue", "--noheader", f"--partition={queue.name}", "--format=%i").split(),
@@ -322,7 +337,6 @@ class Runtime:
 
     def _sync_config(self, cluster: Resource, removing: str | None = None) -> None:
         """Render the cluster's configuration from the store, write it, and have Slurm run by it."""
-        controller = SlurmController(self.layout, cluster.id)
         with self.store.read() as conn:
             cluster = rows.by_id(conn, cluster.id) or cluster
             children = rows.children(conn, cluster.id)
@@ -335,9 +349,12 @@ class Runtime:
         # there is nothing to do (a node group waiting for its nodes or its drain asks again and again).
         inputs = (cluster.generation, removing, tuple(sorted(highest.items())),
                   tuple((r.id, r.generation, r.status) for r in children))
+        controller = self._controller(cluster)
         if self._synced.get(cluster.id) == inputs and controller.daemons_alive():
             return
         self._synced.pop(cluster.id, None)
+        if controller.build_changed():
+            self._switch_build(cluster, controller)
         spec = self._cluster_spec(cluster, groups, queues, highest)
         self._guard("create the stand-in GPU device files", lambda: _gpu_devices(spec))
         files = slurm_config.render(spec)
@@ -368,6 +385,23 @@ class Runtime:
                     controller.ensure_running()
             raise
         self._synced[cluster.id] = inputs
+
+    def _switch_build(self, cluster: Resource, controller: SlurmController) -> None:
+        """The cluster last ran on another Slurm (an earlier openpcs ran Debian 12's 22.05.8 for every version):
+        stop its daemons, set its unreadable state aside, and point its nodes at the new build's slurmd. The
+        controller starts on the new build below; the node groups launch their nodes again."""
+        log.warning("cluster %s: moving from Slurm %s to Slurm %s", cluster.id,
+                    (controller.recorded_build() or {}).get("version", "22.05.8"), controller.build.version)
+        with self.store.read() as conn:
+            instances = instance_rows.of_cluster(conn, cluster.id)
+        for instance in instances:
+            self.provider.stop(instance.id)
+            bootstrap = self.layout.instance_dir(instance.id) / "bootstrap.json"
+            if bootstrap.exists():
+                data = orjson.loads(bootstrap.read_bytes())
+                write_private(bootstrap, orjson.dumps({**data, "slurmd": controller.binary("slurmd")}))
+        controller.stop()
+        controller.set_aside_state()
 
     def _restart_nodes(self, cluster: Resource, names: tuple[str, ...]) -> None:
         """Nodes whose CPUs, memory or GRES changed: their slurmd restarts (the agent brings it up again)."""
@@ -433,10 +467,15 @@ def _node_counts(group: Resource, highest_running: int) -> tuple[int, int]:
 def _node_group_spec(group: Resource, static_nodes: int, max_nodes: int,
                      ports: dict[str, int]) -> slurm_config.NodeGroupSpec:
     itype = _instance_type(group)
+    slurm = group.spec.get("slurmConfiguration", {})
+    idle = slurm.get("scaleDownIdleTimeInSeconds")
     return slurm_config.NodeGroupSpec(
         name=group.name, static_nodes=static_nodes, max_nodes=max_nodes,
         cpus=itype.vcpus, real_memory_mib=itype.memory_mib, gres=itype.gres,
-        custom_settings=_settings(group.spec.get("slurmConfiguration", {}).get("slurmCustomSettings")), ports=ports)
+        custom_settings=_settings(slurm.get("slurmCustomSettings")), ports=ports,
+        # -1 (or none) leaves the group's nodes to the cluster's scaleDownIdleTimeInSeconds.
+        scale_down_idle_seconds=idle if idle is not None and idle >= 0 else None,
+        gres_records=tuple(tuple(record.items()) for record in slurm.get("gresCustomSettings") or []))
 
 
 def _gpu_devices(spec: slurm_config.ClusterSpec) -> None:

@@ -33,8 +33,9 @@ class LocalProvider:
         if not instance_ids:
             return
         directories = [str(self.layout.instance_dir(i)) for i in instance_ids]
+        # Run in the log dir, as slurmd and its slurmstepd (which inherit it) do: a core dump lands there.
         processes.spawn([sys.executable, "-m", "openpcs.agent", *directories],
-                        self.agents / f"{uuid.uuid4().hex}.json", log)
+                        self.agents / f"{uuid.uuid4().hex}.json", log, cwd=log.parent)
         now = time.monotonic()
         self._launched.update({instance_id: now for instance_id in instance_ids})
 

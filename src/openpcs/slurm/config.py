@@ -2,12 +2,17 @@
 
 `render(spec)` returns the text of slurm.conf, cgroup.conf and gres.conf; it does no I/O, and the same spec
 always gives byte-identical files. Every node runs on this host as its own `slurmd -N <name>` (root,
-127.0.0.1, one port per node). Each choice below was checked against Slurm 22.05.8's slurmctld and slurmd:
+127.0.0.1, one port per node). Each choice below was checked against Slurm's slurmctld and slurmd (22.05.8
+first, then 24.11.5, which every cluster runs now):
 
 - Compute nodes are `<group>-<n>`, n = 1..max_nodes. Nodes 1..static_nodes are ordinary nodes, listed in
   SuspendExcNodes so power saving never stops them; the rest are State=CLOUD, started by ResumeProgram and
-  stopped by SuspendProgram after SuspendTime idle seconds. PrivateData=cloud keeps powered-down CLOUD nodes
-  visible (sinfo shows them as `idle~`); without it they vanish.
+  stopped by SuspendProgram after SuspendTime idle seconds. Slurm shows powered-down CLOUD nodes (`idle~`)
+  since 23.02; 22.05 needed PrivateData=cloud for that.
+- A node group's own scaleDownIdleTimeInSeconds: Slurm 24.11 has SuspendTime per partition, not per node
+  (a node in several partitions takes the highest that is set). So such a group's nodes also sit in a hidden,
+  INACTIVE partition of their own, `openpcs_idle_<group>`, that sets it and takes no jobs; the queues'
+  partitions set none.
 - No partition is Default: PCS queues are peers. A job without -p is then refused at submission ("No
   partition specified or system default partition"). A queue's slurmCustomSettings may say Default=YES.
 - A queue without node groups is a partition without nodes: jobs sent there pend (PartitionConfig).
@@ -19,7 +24,10 @@ always gives byte-identical files. Every node runs on this host as its own `slur
   die on a key they do not know. `scontrol show config` in 22.05 does not show its values.
 - gres.conf: the gres/gpu plugin drops a GPU without File= ("Removing file-less GPU"), and the node then
   registers short of GPUs and is drained. So GPUs name stand-in files (gpu_device_files), which the runtime
-  creates as symlinks to /dev/null; other GRES, which no plugin handles, are counts only.
+  creates as symlinks to /dev/null; other GRES, which no plugin handles, are counts only. A node group's
+  gresCustomSettings are gres.conf records for its nodes, as PCS defines them: each gets the NodeName of
+  the group's nodes; one whose Name is gpu is merged into the GPU record the instance type gives (its File
+  stays the stand-in: these nodes have no real devices).
 - Custom settings override what the renderer would write for the same parameter (names compare without
   regard to case, as Slurm's parser does); no parameter is written twice.
 
@@ -44,6 +52,8 @@ SLURMD_TIMEOUT = 30
 # openpcs-none (theirs end in -<n>), and no PCS queue name can hold "_".
 PLACEHOLDER_NODE = "openpcs-none"
 PLACEHOLDER_PARTITION = "openpcs_none"
+# A node group's own idle time lives in a partition of this prefix (PCS queue names cannot hold "_").
+IDLE_PARTITION_PREFIX = "openpcs_idle_"
 GPU = "gpu"
 
 
@@ -69,6 +79,8 @@ class NodeGroupSpec:
     gres: str | None               # e.g. "gpu:a10g:4" or None
     custom_settings: tuple[tuple[str, str], ...]   # the node group's slurmCustomSettings (name, value), in order
     ports: Mapping[str, int]       # slurmd port of every node name 1..max_nodes
+    scale_down_idle_seconds: int | None = None    # the group's own SuspendTime; None: the cluster's
+    gres_records: tuple[tuple[tuple[str, str], ...], ...] = ()  # gresCustomSettings: gres.conf records
 
 
 @dataclass(frozen=True)
@@ -315,8 +327,6 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             ("SuspendRate", "0"),
             # Static nodes (minInstanceCount) are never powered down.
             *([("SuspendExcNodes", compress_hostlist(static))] if static else []),
-            # Without it, powered-down CLOUD nodes are hidden from sinfo and scontrol, even from root.
-            ("PrivateData", "cloud"),
             # A node that failed to start is idle once powered down, so it can be resumed again.
             ("SlurmctldParameters", "idle_on_node_suspend"),
         ]),
@@ -333,7 +343,9 @@ def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dic
         _check_path(path)
     static = [name for group in spec.node_groups for name in static_node_names(group)]
     gres_types = sorted({item.name for group in spec.node_groups if group.max_nodes > 0
-                         for item in gres[group.name]})
+                         for item in gres[group.name]}
+                        | {value for group in spec.node_groups if group.max_nodes > 0
+                           for record in group.gres_records for key, value in record if _key(key) == "name"})
 
     # A cluster custom setting replaces the renderer's line in place; the others follow in their own section.
     custom: dict[str, tuple[str, str]] = {}
@@ -381,6 +393,14 @@ def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dic
     if not spec.queues:
         out.append("# No queues yet: slurmctld needs a partition. This one refuses jobs.\n")
         out.append(f"PartitionName={PLACEHOLDER_PARTITION} State=INACTIVE Hidden=YES\n")
+    own_idle = [group for group in spec.node_groups if group.scale_down_idle_seconds is not None and group.max_nodes]
+    if own_idle:
+        out.append("\n# Node groups with their own scaleDownIdleTimeInSeconds: Slurm sets SuspendTime per partition,\n"
+                   "# so each has a hidden partition of its nodes that only carries it and takes no jobs.\n")
+    for group in own_idle:
+        out.append(_line([("PartitionName", f"{IDLE_PARTITION_PREFIX}{group.name}"),
+                          ("Nodes", compress_hostlist(node_names(group))), ("State", "INACTIVE"), ("Hidden", "YES"),
+                          ("SuspendTime", str(group.scale_down_idle_seconds))]))
     return "".join(out)
 
 
@@ -436,82 +456,69 @@ def _gres_conf(spec: ClusterSpec, gres: dict[str, list[_Gres]]) -> str:
     for group in spec.node_groups:
         if group.max_nodes < 1:
             continue
+        nodes = ("NodeName", compress_hostlist(node_names(group)))
+        records = [list(record) for record in group.gres_records]
         for item in gres[group.name]:
-            line: Settings = [("NodeName", compress_hostlist(node_names(group))), ("Name", item.name)]
+            line: Settings = [nodes, ("Name", item.name)]
             if item.type:
                 line.append(("Type", item.type))
             if item.name == GPU:
                 count = _gpu_count(item)
                 line.append(("File", f"{gpu_device_dir(spec.paths)}/gpu{0 if count == 1 else f'[0-{count - 1}]'}"))
+                # A custom GPU record adds to this one (Cores, Links, ...); the File stays the stand-in.
+                for record in [r for r in records if (_get(r, "Name") or "").lower() == GPU]:
+                    records.remove(record)
+                    line = apply_overrides(line, [(k, v) for k, v in record if _key(k) != "file"],
+                                           reserved=("NodeName", "Name"))
             else:
                 line.append(("Count", item.count))
             out.append(_line(line))
+        for record in records:
+            out.append(_line(apply_overrides([nodes], record, reserved=("NodeName",))))
     return "".join(out)
 
 
 # --- applying a new configuration ------------------------------------------------------------------------------
 
-# Parameters `scontrol reconfigure` does not change in 22.05: slurm.conf(5) says so, and for SelectType*
-# slurmctld refuses the reconfigure. AuthAlt*, TaskPlugin, MpiDefault and PrologSlurmctld are added to be safe
-# (a PrologSlurmctld added by reconfigure only took effect after a restart).
+# Since 23.11, `scontrol reconfigure` starts slurmctld and every slurmd anew on the new files (in place:
+# same PID) and keeps the old ones if the new fail, so nodes, partitions and plugins all change that way,
+# while jobs run. scontrol(1) names what it cannot change: the daemons' listening ports and authentication.
+# Where the state is saved, and the cluster's name, are added to those: a running slurmctld must not move.
 RESTART_PARAMETERS = frozenset(name.lower() for name in """
-AccountingStorageEnforce AuthAltParameters AuthAltTypes AuthInfo AuthType ClusterName CredType GresTypes
-JobContainerType MaxJobCount MaxNodeCount MpiDefault PluginDir PowerPlugin ProctrackType PrologSlurmctld
-SchedulerType SelectType SelectTypeParameters SlurmctldHost SlurmctldParameters SlurmctldPort SlurmdPort
-StateSaveLocation SwitchType TaskPlugin
+AuthAltParameters AuthAltTypes AuthInfo AuthType ClusterName CredType SlurmctldHost SlurmctldPort SlurmdPort
+StateSaveLocation
 """.split())
-# Node fields a reconfigure updates on a running node (measured). Changing State=CLOUD either way also takes,
-# except that a powered-down CLOUD node made static keeps its CLOUD flag until slurmctld restarts.
-_RECONFIGURABLE_NODE_FIELDS = frozenset({"realmemory", "features", "weight", "state"})
+# A node's own listening port (and address) is the same: its slurmd restarts.
+_RESTART_NODE_FIELDS = frozenset({"port", "nodeaddr", "nodehostname"})
 
 
 @dataclass(frozen=True)
 class ReloadPlan:
     changed: bool                          # any file differs
     restart_slurmctld: tuple[str, ...]     # why slurmctld must restart; empty: `scontrol reconfigure` will do
-    restart_slurmd: tuple[str, ...]        # nodes in both configs whose slurmd must restart (CPUs, Gres, port ...)
+    restart_slurmd: tuple[str, ...]        # nodes in both configs whose slurmd must restart (port or address moved)
     added_nodes: tuple[str, ...]
     removed_nodes: tuple[str, ...]         # their slurmd should be stopped
 
 
 def plan_reload(old: Mapping[str, str], new: Mapping[str, str]) -> ReloadPlan:
-    """How to go from the files `old` (as render returned them) to `new` on a running cluster, in 22.05.8:
+    """How to go from the files `old` (as render returned them) to `new` on a running cluster, in 24.11:
 
-    - Adding or removing a node: `scontrol reconfigure` makes slurmctld exit ("MaxNodeCount has changed
-      (6->8) during reconfig, slurmctld must be restarted"), and state not yet saved is lost. Restart it
-      instead (SIGTERM saves state; running jobs survive; nodes show `unknown` until their slurmd registers,
-      about 5 s).
-    - A node's CPUs or Gres: reconfigure is refused ("The node configuration changes that were made require
-      restart of the slurmctld daemon") and leaves a half-applied state; restart slurmctld and that slurmd.
-    - GresTypes: reconfigure "succeeds" but keeps the old plugins; SelectTypeParameters: refused.
-    - Partitions, RealMemory, Features, Weight, SuspendExcNodes, other parameters: reconfigure applies them.
-    After a restart, send `scontrol reconfigure` too, so running slurmd reread slurm.conf (else slurmctld
-    logs "Node X appears to have a different slurm.conf"). Never reconfigure with a cgroup.conf or slurm.conf
-    slurmctld cannot parse: it exits. `SLURM_CONF=<new> scontrol show hostnames x` checks slurm.conf
-    without a controller; `slurmd -G -N <node> -f <new>` also checks cgroup.conf.
+    `scontrol reconfigure` applies almost everything while jobs run, added and removed nodes included
+    (measured: a job running across a reconfigure that added a node, and one that changed a node's CPUs, ran
+    to completion; the new node registered). slurmctld must restart only for RESTART_PARAMETERS, and a node's
+    slurmd only when its port or address moves; after a restart, a reconfigure too, so that running slurmd
+    re-read slurm.conf. Never reconfigure with files slurmctld cannot parse: `SLURM_CONF=<new> scontrol show
+    hostnames x` checks slurm.conf without a controller first.
     """
     old_globals, old_nodes = _parse_slurm_conf(old.get("slurm.conf", ""))
     new_globals, new_nodes = _parse_slurm_conf(new.get("slurm.conf", ""))
-    reasons = []
-    added = tuple(name for name in new_nodes if name not in old_nodes)
-    removed = tuple(name for name in old_nodes if name not in new_nodes)
-    if added or removed:
-        reasons.append("nodes added or removed")
-    for key in sorted(RESTART_PARAMETERS):
-        if old_globals.get(key) != new_globals.get(key):
-            reasons.append(f"{key} changed")
-    slurmd = []
-    for name, fields in new_nodes.items():
-        if name not in old_nodes:
-            continue
-        before = {key: value for key, value in old_nodes[name].items() if key not in _RECONFIGURABLE_NODE_FIELDS}
-        after = {key: value for key, value in fields.items() if key not in _RECONFIGURABLE_NODE_FIELDS}
-        if before != after:
-            slurmd.append(name)
-    if slurmd:
-        reasons.append(f"node configuration changed: {compress_hostlist(slurmd)}")
-    return ReloadPlan(changed=dict(old) != dict(new), restart_slurmctld=tuple(reasons),
-                      restart_slurmd=tuple(slurmd), added_nodes=added, removed_nodes=removed)
+    reasons = [f"{key} changed" for key in sorted(RESTART_PARAMETERS) if old_globals.get(key) != new_globals.get(key)]
+    slurmd = tuple(name for name, fields in new_nodes.items() if name in old_nodes and any(
+        old_nodes[name].get(key) != fields.get(key) for key in _RESTART_NODE_FIELDS))
+    return ReloadPlan(changed=dict(old) != dict(new), restart_slurmctld=tuple(reasons), restart_slurmd=slurmd,
+                      added_nodes=tuple(name for name in new_nodes if name not in old_nodes),
+                      removed_nodes=tuple(name for name in old_nodes if name not in new_nodes))
 
 
 _FIELD = re.compile(r'([A-Za-z][A-Za-z0-9_]*)=("[^"]*"|\S*)')

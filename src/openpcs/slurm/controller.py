@@ -1,5 +1,10 @@
 """A cluster's controller: its own munged and slurmctld, started or re-adopted, reconfigured and stopped.
 
+Every Slurm program comes from the cluster's build (slurm.builds), by absolute path. The build that last
+ran the cluster is recorded in slurm-build.json beside its state: Slurm reads saved state only from
+recent releases (24.11 cannot read 22.05's), so a cluster moved to another release starts from empty
+state, and the old state is kept aside (`set_aside_state`).
+
 Both run in the foreground of their own session (munged -F, slurmctld -D), recorded by PID and start
 time (openpcs.processes), so they outlive `openpcs serve` and a restarted server adopts them. munged
 runs with --force, which lets it run where it would otherwise refuse the permissions of a directory
@@ -8,6 +13,7 @@ on its socket's path (a private temp dir, say); munge authenticates each client'
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -16,44 +22,92 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
+
 from .. import processes
-from ..control.failures import RuntimeFailure
+from ..control.failures import RuntimeFailure, RuntimePending
 from ..files import write_private
 from ..layout import DataLayout
+from .builds import SlurmBuild
+
+log = logging.getLogger("openpcs.slurm")
 
 START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 15.0
+# A slurmctld that runs but does not answer (starting, saving state, reconfiguring, busy) is waited for this
+# long before a command against it counts as failed. Its own errors (a refused update) fail at once.
+CONTROLLER_PATIENCE_SECONDS = 30.0
+_UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connection refused",
+                "Zero Bytes were transmitted or received", "Slurm backup controller in standby mode")
 # Lines of a daemon's log that say why it stopped.
 _REASON = re.compile(r"\b(fatal|error):\s*(.*)")
 
 
-def binary(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+def munged_binary() -> str:
+    """munge is the distribution's (it is not part of Slurm's build)."""
+    path = shutil.which("munged") or shutil.which("munged", path="/usr/sbin:/usr/bin:/sbin:/bin")
     if path is None:
-        raise RuntimeFailure("SlurmNotInstalled", f"{name} is not installed. Run the README's set-up command "
-                                                  "(scripts/setup.sh), which installs Slurm and munge.")
+        raise RuntimeFailure("MungeNotInstalled", "munged is not installed. Run the README's set-up command "
+                                                  "(scripts/setup.sh), which installs munge and Slurm.")
     return path
 
 
-def slurm_version() -> str | None:
-    """The Slurm that actually runs ("22.05.8"), whatever scheduler version the API was asked for."""
-    path = shutil.which("slurmctld") or shutil.which("slurmctld", path="/usr/sbin:/usr/bin")
-    if path is None:
-        return None
-    done = subprocess.run([path, "-V"], capture_output=True, text=True, timeout=30)
-    return done.stdout.split()[-1] if done.returncode == 0 and done.stdout.split() else None
-
-
 class SlurmController:
-    def __init__(self, layout: DataLayout, cluster_id: str) -> None:
-        self.layout, self.cluster_id = layout, cluster_id
+    def __init__(self, layout: DataLayout, cluster_id: str, build: SlurmBuild | None) -> None:
+        """`build` may be None only to stop the cluster's daemons (by PID, no Slurm program needed)."""
+        self.layout, self.cluster_id, self.build = layout, cluster_id, build
         self.run_dir = layout.run_dir(cluster_id)
         self.log_dir = layout.log_dir(cluster_id)
         self.conf = layout.slurm_conf(cluster_id)
+        self.state_dir = layout.cluster_dir(cluster_id) / "state"
+        self.build_record = layout.cluster_dir(cluster_id) / "slurm-build.json"
+
+    def binary(self, name: str) -> str:
+        if self.build is None:
+            raise RuntimeFailure("SlurmVersionUnavailable", f"cluster {self.cluster_id} has no Slurm build")
+        return self.build.binary(name)
+
+    # -- the build that runs it ---------------------------------------------------------------------
+
+    def recorded_build(self) -> dict[str, str] | None:
+        """The build that last ran the cluster; None before its first start."""
+        try:
+            return orjson.loads(self.build_record.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def build_changed(self) -> bool:
+        """True if the cluster last ran on another Slurm build than its own (saved state made by a cluster
+        of an earlier openpcs, which recorded none, came from Debian 12's Slurm 22.05.8)."""
+        recorded = self.recorded_build()
+        if recorded is None:
+            return self.state_dir.is_dir() and any(self.state_dir.iterdir())
+        return self.build is not None and recorded["version"] != self.build.version
+
+    def set_aside_state(self) -> Path | None:
+        """Move saved state of another release aside (Slurm cannot read it) and record the current build."""
+        recorded = self.recorded_build()
+        old = recorded["version"] if recorded else "22.05.8"
+        kept = None
+        if self.build is not None and _release(old) != self.build.release and self.state_dir.is_dir():
+            kept = self.state_dir.with_name(f"state-slurm-{old}")
+            shutil.rmtree(kept, ignore_errors=True)
+            self.state_dir.rename(kept)
+            log.warning("cluster %s: its saved Slurm state is from Slurm %s, which Slurm %s cannot read. It starts "
+                        "with empty state: jobs it had queued or running are gone (their processes end with their "
+                        "nodes); accounting records, if any, stay. The old state is kept in %s.",
+                        self.cluster_id, old, self.build.version, kept)
+        if self.build is not None:
+            write_private(self.build_record, orjson.dumps(self.build.as_dict()))
+        return kept
 
     def env(self) -> dict[str, str]:
-        """The environment for Slurm's commands against this cluster."""
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
+        """The environment for Slurm's commands against this cluster: its configuration, its build's commands
+        first on PATH (for programs that call Slurm's commands by name)."""
+        env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        if self.build is not None:
+            env["PATH"] = f"{self.build.bin_dir}{os.pathsep}{env.get('PATH', os.defpath)}"
+        return env
 
     # -- configuration ------------------------------------------------------------------------------
 
@@ -68,7 +122,7 @@ class SlurmController:
         with tempfile.TemporaryDirectory(prefix="openpcs-check-") as scratch:
             for name, content in files.items():
                 Path(scratch, name).write_text(content)
-            done = subprocess.run([binary("scontrol"), "show", "hostnames", "x"], capture_output=True, text=True,
+            done = subprocess.run([self.binary("scontrol"), "show", "hostnames", "x"], capture_output=True, text=True,
                                   env={**os.environ, "SLURM_CONF": str(Path(scratch, "slurm.conf"))}, timeout=30)
         if done.returncode != 0:
             problems = [line.split(":", 1)[1].strip() for line in done.stderr.splitlines()
@@ -91,10 +145,22 @@ class SlurmController:
     # -- daemons ------------------------------------------------------------------------------------
 
     def ensure_running(self) -> None:
-        """munged, then slurmctld answering `scontrol ping`; each adopted if it already runs."""
+        """munged, then slurmctld answering `scontrol ping`; each adopted if it already runs (and then waited
+        for: one adopted after a crash of the server may still be starting or saving its state)."""
         self._ensure_munged()
-        if processes.adopt(self.run_dir / "slurmctld.json") is None:
+        daemon = processes.adopt(self.run_dir / "slurmctld.json")
+        if daemon is None:
             self._start_slurmctld()
+            return
+        deadline = time.monotonic() + CONTROLLER_PATIENCE_SECONDS
+        while not self.ping():
+            if not daemon.alive():
+                self._start_slurmctld()
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeFailure("SlurmControllerUnreachable", f"slurmctld (pid {daemon.pid}) runs but did not "
+                                     f"answer for {CONTROLLER_PATIENCE_SECONDS:.0f} s (log: {self.log_dir})")
+            time.sleep(0.05)
 
     def restart_slurmctld(self) -> None:
         """Stop (it saves its state: running jobs carry on) and start again, e.g. for new node definitions."""
@@ -113,7 +179,7 @@ class SlurmController:
         return processes.adopt(self.run_dir / "slurmctld.json") is not None and self.ping()
 
     def ping(self) -> bool:
-        done = subprocess.run([binary("scontrol"), "ping"], env=self.env(), capture_output=True, text=True,
+        done = subprocess.run([self.binary("scontrol"), "ping"], env=self.env(), capture_output=True, text=True,
                               timeout=30)
         return done.returncode == 0 and "is UP" in done.stdout
 
@@ -125,12 +191,29 @@ class SlurmController:
         return self.run("scontrol", *args)
 
     def run(self, command: str, *args: str) -> str:
-        """A Slurm client command against this cluster; its output, or RuntimeFailure with its error."""
-        done = subprocess.run([binary(command), *args], env=self.env(), capture_output=True, text=True, timeout=60)
-        if done.returncode != 0:
-            raise RuntimeFailure("SlurmError", f"{command} {' '.join(args)} failed: "
-                                               f"{(done.stderr or done.stdout).strip()}")
-        return done.stdout
+        """A Slurm client command against this cluster; its output, or RuntimeFailure with its error.
+
+        While slurmctld runs but cannot be reached, the command is tried again for CONTROLLER_PATIENCE_SECONDS;
+        if slurmctld is not running at all, RuntimePending: the next pass starts it and asks again."""
+        deadline = time.monotonic() + CONTROLLER_PATIENCE_SECONDS
+        while True:
+            try:
+                done = subprocess.run([self.binary(command), *args], env=self.env(), capture_output=True, text=True,
+                                      timeout=60)
+                problem = (done.stderr or done.stdout).strip()
+            except subprocess.TimeoutExpired:
+                done, problem = None, "no answer within 60 s"
+            if done is not None and done.returncode == 0:
+                return done.stdout
+            unreachable = done is None or any(words in problem for words in _UNREACHABLE)
+            if not unreachable:
+                raise RuntimeFailure("SlurmError", f"{command} {' '.join(args)} failed: {problem}")
+            if processes.adopt(self.run_dir / "slurmctld.json") is None:
+                raise RuntimePending(retry_after=0.5)
+            if time.monotonic() > deadline:
+                raise RuntimeFailure("SlurmControllerUnreachable", f"{command} {' '.join(args)} failed: slurmctld "
+                                     f"runs but did not answer for {CONTROLLER_PATIENCE_SECONDS:.0f} s: {problem}")
+            time.sleep(0.2)
 
     def _ensure_munged(self) -> None:
         record = self.run_dir / "munged.json"
@@ -142,18 +225,23 @@ class SlurmController:
         socket.unlink(missing_ok=True)
         log = self.log_dir / "munged.log"
         daemon = processes.spawn(
-            [binary("munged"), "--foreground", "--force", f"--key-file={self.layout.munge_key(self.cluster_id)}",
+            [munged_binary(), "--foreground", "--force", f"--key-file={self.layout.munge_key(self.cluster_id)}",
              f"--socket={socket}", f"--pid-file={self.run_dir / 'munged.pid'}", f"--log-file={log}",
-             f"--seed-file={self.run_dir / 'munged.seed'}"], record, self.log_dir / "munged.out")
+             f"--seed-file={self.run_dir / 'munged.seed'}"], record, self.log_dir / "munged.out", cwd=self.log_dir)
         self._wait("munged", daemon, lambda: socket.exists(), [log, self.log_dir / "munged.out"])
 
     def _start_slurmctld(self) -> None:
-        for directory in (self.layout.cluster_dir(self.cluster_id) / "state", self.log_dir):
+        if self.build_changed():
+            self.set_aside_state()
+        for directory in (self.state_dir, self.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        if self.recorded_build() is None and self.build is not None:
+            write_private(self.build_record, orjson.dumps(self.build.as_dict()))
         out = self.log_dir / "slurmctld.out"
         offset = out.stat().st_size if out.exists() else 0
-        daemon = processes.spawn([binary("slurmctld"), "-D", "-f", str(self.conf)], self.run_dir / "slurmctld.json",
-                                 out, env=self.env())
+        # Its working directory is its log dir: a core dump lands there, never where serve was started.
+        daemon = processes.spawn([self.binary("slurmctld"), "-D", "-f", str(self.conf)],
+                                 self.run_dir / "slurmctld.json", out, env=self.env(), cwd=self.log_dir)
         self._wait("slurmctld", daemon, self.ping, [out], offset)
 
     def _wait(self, name: str, daemon: processes.Daemon, ready, logs: list[Path], offset: int = 0) -> None:
@@ -169,6 +257,10 @@ class SlurmController:
         processes.terminate(daemon)
         raise RuntimeFailure(f"{name.capitalize()}Failed", f"{name} did not answer within {START_TIMEOUT_SECONDS:.0f}"
                                                            f" s: {_reason(logs, offset) or 'no error logged'}")
+
+
+def _release(version: str) -> str:
+    return ".".join(version.split(".")[:2])
 
 
 def _reason(logs: list[Path], offset: int) -> str:
