@@ -84,12 +84,14 @@ def bring_up(directory: Path) -> bool:
             node = answer["nodeID"]
             conf = boot["slurmConf"]  # the local provider shares the cluster's configuration, as NFS would
             (Path(boot["spoolDir"]) / node).mkdir(parents=True, exist_ok=True)
-            # The cluster's own Slurm build, by absolute path; its working directory is the log dir, where a
-            # core dump of slurmd or a job's slurmstepd then lands.
+            # The cluster's own Slurm build, by absolute path. slurmd works in a directory of its node's under the
+            # log dir, which its job steps inherit: their core dumps land there, and stopping the node stops them.
             build_bin = str(Path(boot["slurmd"]).parent.parent / "bin")
+            workdir = Path(boot["logDir"]) / "nodes" / node
+            workdir.mkdir(parents=True, exist_ok=True)
             processes.spawn([boot["slurmd"], "-D", "-N", node, "-f", conf], directory / "slurmd.json",
                             Path(boot["logDir"]) / f"slurmd-{node}.out",
-                            env={"SLURM_CONF": conf, "PATH": f"{build_bin}:{_PATH}"}, cwd=Path(boot["logDir"]))
+                            env={"SLURM_CONF": conf, "PATH": f"{build_bin}:{_PATH}"}, cwd=workdir, owns_workdir=True)
         except Exception as exc:  # one instance's failure must not stop the others
             write_private(directory / "failure.txt", str(exc).encode())
             return False

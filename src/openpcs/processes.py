@@ -5,6 +5,11 @@ crash never kills a job. Each is recorded in a small JSON file (its PID and the 
 that PID), which a restarted server reads to re-adopt the daemon rather than start a second one; the
 start time tells a live daemon from an unrelated process that got the same PID later. Stopping is by
 PID (its session's process group), never by name.
+
+A daemon may own its working directory (`owns_workdir`): slurmd's job steps (slurmstepd and the job's
+processes) leave its session, as they must to survive a slurmd restart, but they inherit that directory.
+Stopping such a daemon also stops every process still working there and their children, as an instance
+that is terminated takes its jobs' processes with it.
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ _children: dict[int, subprocess.Popen] = {}
 
 
 def spawn(argv: Sequence[str], record: Path, log: Path, env: Mapping[str, str] | None = None,
-          cwd: Path | None = None) -> Daemon:
-    """Start `argv` in a new session (stdin /dev/null, output appended to `log`) and record it."""
+          cwd: Path | None = None, owns_workdir: bool = False) -> Daemon:
+    """Start `argv` in a new session (stdin /dev/null, output appended to `log`, working in `cwd`) and record it."""
     _reap()
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -56,7 +61,10 @@ def spawn(argv: Sequence[str], record: Path, log: Path, env: Mapping[str, str] |
     stat = _stat(process.pid)
     daemon = Daemon(process.pid, stat[1] if stat else 0)
     _children[process.pid] = process
-    write_private(record, orjson.dumps({"pid": daemon.pid, "startTime": daemon.start_time, "argv": list(argv)}))
+    data = {"pid": daemon.pid, "startTime": daemon.start_time, "argv": list(argv)}
+    if owns_workdir and cwd is not None:
+        data["ownedWorkdir"] = str(Path(cwd).resolve())
+    write_private(record, orjson.dumps(data))
     return daemon
 
 
@@ -75,11 +83,46 @@ def adopt(record: Path) -> Daemon | None:
 
 
 def stop(record: Path, timeout: float = 10.0) -> None:
-    """Stop the recorded daemon and everything in its session: SIGTERM, then SIGKILL after `timeout`."""
+    """Stop the recorded daemon and everything in its session: SIGTERM, then SIGKILL after `timeout`; then
+    whatever still works in a directory it owns."""
+    try:
+        workdir = orjson.loads(record.read_bytes()).get("ownedWorkdir")
+    except FileNotFoundError:
+        return
     daemon = adopt(record)
     if daemon is not None:
         terminate(daemon, timeout)
+    if workdir:
+        kill_working_in(Path(workdir))
     record.unlink(missing_ok=True)
+
+
+def kill_working_in(directory: Path) -> None:
+    """SIGKILL every process whose working directory is `directory`, with all its descendants."""
+    parents: dict[int, list[int]] = {}
+    roots = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if os.readlink(entry / "cwd") == str(directory):
+                roots.append(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(pid)
+    doomed, queue = set(), list(roots)
+    while queue:
+        pid = queue.pop()
+        if pid not in doomed and pid != os.getpid():
+            doomed.add(pid)
+            queue.extend(parents.get(pid, []))
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
 
 
 def terminate(daemon: Daemon, timeout: float = 10.0) -> None:
