@@ -43,9 +43,10 @@ PATHS = SlurmPaths(
 
 
 def group(name: str, static: int, most: int, cpus: int = 4, memory: int = 15360, gres: str | None = None,
-          custom: tuple[tuple[str, str], ...] = (), first_port: int = 20000) -> NodeGroupSpec:
+          custom: tuple[tuple[str, str], ...] = (), first_port: int = 20000, idle: int | None = None,
+          gres_records: tuple = ()) -> NodeGroupSpec:
     ports = {f"{name}-{n}": first_port + n - 1 for n in range(1, most + 1)}
-    return NodeGroupSpec(name, static, most, cpus, memory, gres, custom, ports)
+    return NodeGroupSpec(name, static, most, cpus, memory, gres, custom, ports, idle, gres_records)
 
 
 def cluster(node_groups=(), queues=(), custom=(), cgroup=(), idle=600) -> ClusterSpec:
@@ -73,6 +74,14 @@ CASES = {
                 ("SchedulerParameters", "bf_interval=10,defer"), ("Prolog", "/bin/true"),
                 ("Epilog", "/bin/true")),
         cgroup=(("ConstrainCores", "yes"), ("ConstrainRAMSpace", "yes"))),
+    # A group's own idle time (its hidden partition), gres.conf records: one merged into the GPU record the
+    # instance type gives (its File stays the stand-in), one of a GRES of its own.
+    "node-group-settings": cluster(
+        [group("gpu", 1, 3, cpus=8, memory=32768, gres="gpu:a10g:1", idle=120,
+               gres_records=((("Name", "gpu"), ("Cores", "0-3"), ("File", "/dev/nvidia0")),
+                             (("Name", "mps"), ("Count", "100")))),
+         group("cpu", 0, 2, first_port=20100)],
+        [QueueSpec("all", ("gpu", "cpu"), ())]),
 }
 
 
@@ -222,6 +231,8 @@ def test_placeholders_only_when_needed():
 
 
 def test_reload_plan():
+    """Slurm 24.11 reconfigures nodes, partitions and plugins in place; only ports, authentication, the
+    state's place and the cluster's name need slurmctld restarted, and a node's moved port its slurmd."""
     base = cluster([group("cpu", 1, 2), group("gpu", 1, 1, gres="gpu:2", first_port=20100)],
                    [QueueSpec("q", ("cpu",), ())])
     same = plan_reload(render(base), render(base))
@@ -231,26 +242,27 @@ def test_reload_plan():
         base, queues=(QueueSpec("q", ("cpu", "gpu"), (("MaxTime", "60"),)), QueueSpec("r", ("cpu",), ())))))
     assert queues.changed and not queues.restart_slurmctld and not queues.restart_slurmd
 
-    memory = dataclasses.replace(base, node_groups=(
-        dataclasses.replace(base.node_groups[0], static_nodes=2, custom_settings=(("RealMemory", "9"),)),
-        base.node_groups[1]))
-    assert plan_reload(render(base), render(memory)).restart_slurmctld == ()
-
     cpus = dataclasses.replace(base, node_groups=(dataclasses.replace(base.node_groups[0], cpus=8),
                                                   base.node_groups[1]))
     plan = plan_reload(render(base), render(cpus))
-    assert plan.restart_slurmd == ("cpu-1", "cpu-2") and plan.restart_slurmctld
+    assert plan.changed and plan.restart_slurmd == () and plan.restart_slurmctld == ()
 
     grown = dataclasses.replace(base, node_groups=(group("cpu", 1, 3), base.node_groups[1]))
     plan = plan_reload(render(base), render(grown))
-    assert plan.added_nodes == ("cpu-3",) and "nodes added or removed" in plan.restart_slurmctld
+    assert plan.added_nodes == ("cpu-3",) and plan.restart_slurmctld == ()
 
     select = plan_reload(render(base), render(dataclasses.replace(
         base, custom_settings=(("SelectTypeParameters", "CR_CPU_Memory"),))))
-    assert select.restart_slurmctld == ("selecttypeparameters changed",)
+    assert select.changed and select.restart_slurmctld == ()
+
+    moved = plan_reload(render(base), render(dataclasses.replace(base, controller_port=16818)))
+    assert moved.restart_slurmctld == ("slurmctldport changed",)
+
+    port = dataclasses.replace(base, node_groups=(group("cpu", 1, 2, first_port=20050), base.node_groups[1]))
+    assert plan_reload(render(base), render(port)).restart_slurmd == ("cpu-1", "cpu-2")
 
     first = plan_reload(render(cluster()), render(base))
-    assert first.removed_nodes == (PLACEHOLDER_NODE,) and first.restart_slurmctld
+    assert first.removed_nodes == (PLACEHOLDER_NODE,) and not first.restart_slurmctld
 
 
 def test_golden_files_exist_for_every_case():

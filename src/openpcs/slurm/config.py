@@ -468,8 +468,8 @@ def _gres_conf(spec: ClusterSpec, gres: dict[str, list[_Gres]]) -> str:
                 # A custom GPU record adds to this one (Cores, Links, ...); the File stays the stand-in.
                 for record in [r for r in records if (_get(r, "Name") or "").lower() == GPU]:
                     records.remove(record)
-                    line = apply_overrides(line, [(k, v) for k, v in record if _key(k) != "file"],
-                                           reserved=("NodeName", "Name"))
+                    line = apply_overrides(line, [(k, v) for k, v in record if _key(k) not in ("name", "file")],
+                                           reserved=("NodeName",))
             else:
                 line.append(("Count", item.count))
             out.append(_line(line))
