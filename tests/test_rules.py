@@ -51,6 +51,13 @@ def fields(excinfo) -> dict[str, str]:
     ({"slurmConfiguration": {"slurmCustomSettings": [
         {"parameterName": "Prolog", "parameterValue": "/bin/true\nSlurmUser=nobody"}]}},
      "slurmConfiguration.slurmCustomSettings.1.member.parameterValue", "single line"),
+    # What the Slurm renderer could not write used to pass here and fail the cluster later.
+    ({"slurmConfiguration": {"slurmCustomSettings": [{"parameterName": "Prolog", "parameterValue": '/bin/"x"'}]}},
+     "slurmConfiguration.slurmCustomSettings.1.member.parameterValue", "without double quotes"),
+    ({"slurmConfiguration": {"slurmdbdCustomSettings": [{"parameterName": "PrivateData", "parameterValue": "a\tb"}]}},
+     "slurmConfiguration.slurmdbdCustomSettings.1.member.parameterValue", "control characters"),
+    ({"slurmConfiguration": {"cgroupCustomSettings": [{"parameterName": "ConstrainCores", "parameterValue": "y\x01"}]}},
+     "slurmConfiguration.cgroupCustomSettings.1.member.parameterValue", "control characters"),
     ({"slurmConfiguration": {"slurmdbdCustomSettings": [{"parameterName": "StoragePass", "parameterValue": "x"}]}},
      "slurmConfiguration.slurmdbdCustomSettings.1.member.parameterName", "not allowed"),
     ({"slurmConfiguration": {"cgroupCustomSettings": [{"parameterName": "CgroupPlugin", "parameterValue": "x"}]}},

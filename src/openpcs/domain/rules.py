@@ -53,6 +53,7 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]+")
 _SUBNET = re.compile(r"subnet-\w{8,17}")
 _LAUNCH_TEMPLATE_ID = re.compile(r"lt-[0-9a-z]{8,17}")
 _LAUNCH_TEMPLATE_VERSION = re.compile(r"[0-9]+|\$Latest|\$Default")
+_ONE_LINE = "must be non-empty, on a single line, without double quotes or control characters such as tabs"
 _INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9-]+")  # c7i.metal-48xl has a hyphen
 # The ARN carries an IAM path without its leading slash: instance-profile/aws-pcs/NAME has path /aws-pcs/.
 _INSTANCE_PROFILE = re.compile(r"arn:aws[a-zA-Z-]{0,10}:iam::[0-9]{12}:instance-profile/(?P<path>.*/)?(?P<name>[^/]+)")
@@ -87,11 +88,20 @@ def check_custom_settings(field: str, settings: Iterable[dict[str, str]], allowe
         if known.lower() in seen:
             problems.append((f"{where}.parameterName", f"Parameter '{known}' is given more than once"))
         seen.add(known.lower())
-        if any(ch in value for ch in "\r\n\0") or not value.strip():
-            problems.append((f"{where}.parameterValue",
-                             f"The value of '{known}' must be non-empty and on a single line"))
+        if not _fits_config_line(value):
+            problems.append((f"{where}.parameterValue", f"The value of '{known}' {_ONE_LINE}"))
         elif known == "MinJobAge" and not (value.isdigit() and int(value) >= 5):
             problems.append((f"{where}.parameterValue", "MinJobAge must be a whole number of at least 5"))
+    _refuse(problems)
+
+
+def _fits_config_line(value: str) -> bool:
+    """What the Slurm config renderer can write as one value: it quotes a value holding spaces, so a double quote
+    or a control character (a tab, a newline) would end the value or the line early."""
+    return bool(value.strip()) and not any(ord(char) < 32 or char in '"\x7f' for char in value)
+
+
+def _refuse(problems: list[tuple[str, str]]) -> None:
     if problems:
         raise validation_error(f"{len(problems)} validation error(s) detected: "
                                + "; ".join(msg for _, msg in problems), problems)
