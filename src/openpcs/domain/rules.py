@@ -53,6 +53,8 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]+")
 _SUBNET = re.compile(r"subnet-\w{8,17}")
 _LAUNCH_TEMPLATE_ID = re.compile(r"lt-[0-9a-z]{8,17}")
 _LAUNCH_TEMPLATE_VERSION = re.compile(r"[0-9]+|\$Latest|\$Default")
+# A Slurm configuration parameter's name, as the config renderer accepts it.
+_CONFIG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _ONE_LINE = "must be non-empty, on a single line, without double quotes or control characters such as tabs"
 _INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9-]+")  # c7i.metal-48xl has a hyphen
 # The ARN carries an IAM path without its leading slash: instance-profile/aws-pcs/NAME has path /aws-pcs/.
@@ -70,6 +72,17 @@ def check_scheduler(scheduler: dict[str, Any]) -> None:
         raise field_error("scheduler.version",
                           f"Slurm version '{scheduler['version']}' is not supported. "
                           f"Supported versions: {', '.join(SCHEDULER_VERSIONS)}")
+
+
+def check_scheduler_update(current: str, requested: str) -> None:
+    """PCS moves a cluster's Slurm forward only: to a newer version (or the one it runs, which changes nothing)."""
+    if _release(requested) < _release(current):
+        raise field_error("scheduler.version", f"The cluster runs Slurm {current}; it can only be updated to a "
+                                               f"newer version, not to {requested}")
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"[0-9]+", version))
 
 
 def check_custom_settings(field: str, settings: Iterable[dict[str, str]], allowed: frozenset[str]) -> None:
@@ -92,6 +105,33 @@ def check_custom_settings(field: str, settings: Iterable[dict[str, str]], allowe
             problems.append((f"{where}.parameterValue", f"The value of '{known}' {_ONE_LINE}"))
         elif known == "MinJobAge" and not (value.isdigit() and int(value) >= 5):
             problems.append((f"{where}.parameterValue", "MinJobAge must be a whole number of at least 5"))
+    _refuse(problems)
+
+
+def check_gres_settings(field: str, records: Iterable[dict[str, str]]) -> None:
+    """Each record becomes one gres.conf line after the NodeName= the service writes for the node group.
+
+    PCS documents no allowlist of gres.conf attributes in its model, so only what would break that line is
+    refused: a name that is not an attribute name, NodeName itself, a name given twice, a value that is not one
+    line of plain text, and an empty record.
+    """
+    problems: list[tuple[str, str]] = []
+    for index, record in enumerate(records, start=1):
+        where = f"{field}.{index}.member"
+        if not record:
+            problems.append((where, "A gres.conf record needs at least one attribute, for example Name"))
+        seen: set[str] = set()
+        for name, value in record.items():
+            if not _CONFIG_NAME.fullmatch(name):
+                problems.append((f"{where}.key", f"'{name}' is not a gres.conf attribute name"))
+            elif name.lower() == "nodename":
+                problems.append((f"{where}.key", "NodeName is the service's: every record applies to the "
+                                                 "compute node group's own nodes"))
+            elif name.lower() in seen:
+                problems.append((f"{where}.key", f"Attribute '{name}' is given more than once"))
+            seen.add(name.lower())
+            if not _fits_config_line(value):
+                problems.append((f"{where}.{name}", f"The value of '{name}' {_ONE_LINE}"))
     _refuse(problems)
 
 
@@ -129,6 +169,25 @@ def check_subnets(field: str, subnet_ids: list[str]) -> None:
     for index, subnet in enumerate(subnet_ids, start=1):
         if not _SUBNET.fullmatch(subnet):
             raise field_error(f"{field}.{index}.member", f"'{subnet}' is not a subnet id (subnet-xxxxxxxx)")
+
+
+def check_launch_template_mode(spec: dict[str, Any]) -> None:
+    """CUSTOM (the default) launches from the user's launch template; MANAGED from one the service makes, which
+    needs the AMI and security groups the user's template would otherwise give."""
+    template = spec.get("customLaunchTemplate")
+    if spec["launchTemplateMode"] == "CUSTOM":
+        if template is None:
+            raise field_error("customLaunchTemplate", "customLaunchTemplate is required when launchTemplateMode is "
+                                                      "CUSTOM (the default). Give one, or use launchTemplateMode "
+                                                      "MANAGED with amiId and securityGroupIds")
+        check_launch_template(template)
+        return
+    if template is not None:
+        raise field_error("customLaunchTemplate", "customLaunchTemplate cannot be given when launchTemplateMode is "
+                                                  "MANAGED: the service makes the launch template. Set "
+                                                  "launchTemplateMode to CUSTOM to use your own")
+    _refuse([(name, f"{name} is required when launchTemplateMode is MANAGED")
+             for name in ("amiId", "securityGroupIds") if not spec.get(name)])
 
 
 def check_launch_template(template: dict[str, str]) -> None:
@@ -201,6 +260,54 @@ def check_spot(purchase_option: str, spot_options: dict[str, Any] | None) -> Non
     if spot_options and purchase_option != "SPOT":
         raise field_error("spotOptions", f"spotOptions can only be set when purchaseOption is SPOT "
                                          f"(it is {purchase_option})")
+
+
+def check_instance_health_checks(checks: dict[str, Any], instance_configs: list[dict[str, str]]) -> None:
+    field = "instanceHealthChecks"
+    if not checks:
+        raise field_error(field, "instanceHealthChecks cannot be empty: give healthMonitoring, deepHealthChecks "
+                                 "or both")
+    if checks.get("healthMonitoring") is not None:
+        _check_repair(f"{field}.healthMonitoring", checks["healthMonitoring"], "mode")
+    if checks.get("deepHealthChecks") is not None:
+        on_start = checks["deepHealthChecks"].get("onStart")
+        if on_start is None:
+            raise field_error(f"{field}.deepHealthChecks.onStart",
+                              "onStart is required when deepHealthChecks is given")
+        _check_repair(f"{field}.deepHealthChecks.onStart", on_start, "profile")
+        if on_start["profile"] != "NONE":
+            _check_gpus(f"{field}.deepHealthChecks.onStart.profile", on_start["profile"], instance_configs)
+
+
+def _check_gpus(field: str, profile: str, instance_configs: list[dict[str, str]]) -> None:
+    # The profiles run NVIDIA's GPU diagnostics (DCGM); the GPUs of openpcs's catalog are all NVIDIA's.
+    without = [config["instanceType"] for config in instance_configs
+               if not instance_types.lookup(config["instanceType"]).gpus]
+    if without:
+        raise field_error(field, f"Deep health check profile {profile} needs instance types with NVIDIA GPUs, and "
+                                 f"{', '.join(without)} has none. Use profile NONE, or GPU instance types")
+
+
+def _check_repair(field: str, check: dict[str, str], switch: str) -> None:
+    """A check is turned on or off by its `switch` member; a check turned off (NONE) takes no repairAction."""
+    if check.get(switch) is None:
+        raise field_error(f"{field}.{switch}", f"{switch} is required when {field.rpartition('.')[2]} is given")
+    if check[switch] == "NONE" and check.get("repairAction") is not None:
+        raise field_error(f"{field}.repairAction", f"repairAction cannot be given when {switch} is NONE")
+
+
+def check_node_lifecycle_actions(actions: dict[str, Any]) -> None:
+    for stage, scripts in actions["stages"].items():
+        seen: set[str] = set()
+        for index, script in enumerate(scripts or [], start=1):
+            where = f"nodeLifecycleActions.stages.{stage}.{index}.member"
+            if script["name"] in seen:
+                raise field_error(f"{where}.name", f"Script name '{script['name']}' is used twice in {stage}")
+            seen.add(script["name"])
+            source = script["scriptSource"]
+            if source.get("s3VersionId") is not None and not source["scriptLocation"].startswith("s3://"):
+                raise field_error(f"{where}.scriptSource.s3VersionId",
+                                  "s3VersionId can only be given for a script in Amazon S3 (an s3:// location)")
 
 
 def check_instance_quota(size: str, cluster_id: str, total_max_instances: int) -> None:

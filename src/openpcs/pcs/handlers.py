@@ -31,6 +31,12 @@ CHILD_UPDATABLE = ("ACTIVE", "UPDATE_FAILED")
 # A cluster in these states takes no new node groups or queues.
 CLUSTER_CLOSED = ("DELETING", "DELETE_FAILED", "CREATE_FAILED")
 DEFAULT_MAX_RESULTS = 10
+# What UpdateComputeNodeGroup replaces when given (slurmConfiguration is merged member by member instead).
+NODE_GROUP_UPDATABLE = ("amiId", "securityGroupIds", "sshKeyName", "subnetIds", "launchTemplateMode",
+                        "customLaunchTemplate", "purchaseOption", "spotOptions", "scalingConfiguration",
+                        "iamInstanceProfileArn", "nodeLifecycleActions", "instanceHealthChecks")
+# Given empty ("" or []) in an update, these go back to what the launch template says: the group drops its own.
+CLEARED_BY_EMPTY = ("amiId", "securityGroupIds", "sshKeyName")
 
 
 @dataclass
@@ -86,12 +92,18 @@ class PcsHandlers:
                 raise conflict(f"Cluster {cluster.id} cannot be updated while its {RESOURCE_TYPE[child.kind]} "
                                f"{child.id} ({child.name}) is {child.status}. Wait until it is ACTIVE.",
                                child.id, RESOURCE_TYPE[child.kind])
-        slurm = copy.deepcopy(cluster.spec["slurmConfiguration"])
-        changes = p.get("slurmConfiguration") or {}
+        spec = copy.deepcopy(cluster.spec)
+        if p.get("scheduler") is not None:
+            # The request names only the version; the type stays SLURM.
+            scheduler = {**spec["scheduler"], **p["scheduler"]}
+            rules.check_scheduler(scheduler)
+            rules.check_scheduler_update(spec["scheduler"]["version"], scheduler["version"])
+            spec["scheduler"] = scheduler
+        slurm, changes = spec["slurmConfiguration"], p.get("slurmConfiguration") or {}
         for key, value in changes.items():
             slurm[key] = {**slurm.get(key, {}), **value} if key in ("accounting", "slurmRest") else value
         rules.check_cluster_slurm_configuration(changes)
-        rows.request_change(conn, cluster, "UPDATING", {**cluster.spec, "slurmConfiguration": slurm})
+        rows.request_change(conn, cluster, "UPDATING", spec)
         return {"cluster": self.views.full(cluster)}
 
     def DeleteCluster(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
@@ -111,15 +123,20 @@ class PcsHandlers:
         rules.check_name("computeNodeGroupName", p["computeNodeGroupName"])
         spec = {
             "amiId": p.get("amiId"),
+            "securityGroupIds": p.get("securityGroupIds"),
+            "sshKeyName": p.get("sshKeyName"),
             "subnetIds": p["subnetIds"],
             "purchaseOption": p.get("purchaseOption") or "ONDEMAND",
-            "customLaunchTemplate": p["customLaunchTemplate"],
+            "launchTemplateMode": p.get("launchTemplateMode") or "CUSTOM",
+            "customLaunchTemplate": p.get("customLaunchTemplate"),
             "iamInstanceProfileArn": p["iamInstanceProfileArn"],
             "scalingConfiguration": p["scalingConfiguration"],
             "instanceConfigs": p["instanceConfigs"],
             "spotOptions": p.get("spotOptions"),
-            "slurmConfiguration": {"slurmCustomSettings": [],
-                                   **(p.get("slurmConfiguration") or {})},
+            "slurmConfiguration": _node_group_slurm({"slurmCustomSettings": [], "gresCustomSettings": []},
+                                                    p.get("slurmConfiguration") or {}),
+            "nodeLifecycleActions": p.get("nodeLifecycleActions"),
+            "instanceHealthChecks": p.get("instanceHealthChecks"),
         }
         _check_node_group(spec)
         check_tags(p.get("tags"))
@@ -145,10 +162,16 @@ class PcsHandlers:
         group = self._child(conn, cluster, ids.NODE_GROUP, p["computeNodeGroupIdentifier"])
         self._child_updatable(cluster, group)
         spec = copy.deepcopy(group.spec)
-        for key in ("amiId", "subnetIds", "customLaunchTemplate", "purchaseOption", "spotOptions",
-                    "scalingConfiguration", "iamInstanceProfileArn", "slurmConfiguration"):
+        spec.setdefault("launchTemplateMode", "CUSTOM")  # a group stored before the mode existed had a template
+        for key in NODE_GROUP_UPDATABLE:
             if p.get(key) is not None:
                 spec[key] = p[key]
+        for key in CLEARED_BY_EMPTY:
+            if p.get(key) in ("", []):
+                del spec[key]
+        if p.get("launchTemplateMode") == "MANAGED" and p.get("customLaunchTemplate") is None:
+            spec.pop("customLaunchTemplate", None)  # switching to MANAGED lets go of the custom template
+        spec["slurmConfiguration"] = _node_group_slurm(spec["slurmConfiguration"], p.get("slurmConfiguration") or {})
         if spec.get("purchaseOption") != "SPOT" and p.get("spotOptions") is None:
             spec.pop("spotOptions", None)  # a group moved off SPOT keeps no stale spot options
         _check_node_group(spec)
@@ -348,18 +371,32 @@ def _cluster_slurm_defaults(slurm: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _node_group_slurm(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A node group's slurmConfiguration with the members `changes` gives replaced. Its own
+    scaleDownIdleTimeInSeconds overrides the cluster's; -1 removes the override, so the cluster's applies."""
+    slurm = {**current, **{key: value for key, value in changes.items() if value is not None}}
+    if slurm.get("scaleDownIdleTimeInSeconds") == -1:
+        del slurm["scaleDownIdleTimeInSeconds"]
+    return slurm
+
+
 def _check_node_group(spec: dict[str, Any]) -> None:
     rules.check_subnets("subnetIds", spec["subnetIds"])
-    rules.check_launch_template(spec["customLaunchTemplate"])
+    rules.check_launch_template_mode(spec)
     rules.check_instance_profile(spec["iamInstanceProfileArn"])
     rules.check_instance_configs(spec["instanceConfigs"])
     rules.check_scaling(spec["scalingConfiguration"])
     rules.check_spot(spec["purchaseOption"], spec.get("spotOptions"))
     if spec["purchaseOption"] == "SPOT":
         spec["spotOptions"] = {"allocationStrategy": "price-capacity-optimized", **(spec.get("spotOptions") or {})}
-    rules.check_custom_settings("slurmConfiguration.slurmCustomSettings",
-                                spec["slurmConfiguration"].get("slurmCustomSettings") or [],
+    slurm = spec["slurmConfiguration"]
+    rules.check_custom_settings("slurmConfiguration.slurmCustomSettings", slurm.get("slurmCustomSettings") or [],
                                 rules.NODE_GROUP_SLURM_SETTINGS)
+    rules.check_gres_settings("slurmConfiguration.gresCustomSettings", slurm.get("gresCustomSettings") or [])
+    if spec.get("instanceHealthChecks") is not None:
+        rules.check_instance_health_checks(spec["instanceHealthChecks"], spec["instanceConfigs"])
+    if spec.get("nodeLifecycleActions") is not None:
+        rules.check_node_lifecycle_actions(spec["nodeLifecycleActions"])
 
 
 def _queue_groups(spec: dict[str, Any]) -> set[str]:
