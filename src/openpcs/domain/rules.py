@@ -13,8 +13,6 @@ from typing import Any
 from ..api.errors import field_error, quota_exceeded, validation_error
 from . import instance_types
 
-SCHEDULER_VERSIONS = ("23.11", "24.05", "24.11", "25.05")
-
 # Instances a cluster of each size manages: the sum of maxInstanceCount over its node groups.
 SIZE_INSTANCE_LIMITS = {"SMALL": 32, "MEDIUM": 512, "LARGE": 2048}
 NODE_GROUPS_PER_CLUSTER = 10
@@ -67,11 +65,16 @@ def check_name(field: str, name: str) -> None:
                                  "start with a letter and contain only letters, digits and hyphens")
 
 
-def check_scheduler(scheduler: dict[str, Any]) -> None:
-    if scheduler["version"] not in SCHEDULER_VERSIONS:
+def check_scheduler(scheduler: dict[str, Any], available: Iterable[str]) -> None:
+    """The model lists the versions PCS offers; a cluster here runs only a version this server has a Slurm
+    build for (or maps onto one), never another behind the version the API shows."""
+    available = list(available)
+    if scheduler["version"] not in available:
         raise field_error("scheduler.version",
-                          f"Slurm version '{scheduler['version']}' is not supported. "
-                          f"Supported versions: {', '.join(SCHEDULER_VERSIONS)}")
+                          f"Slurm version '{scheduler['version']}' is not available on this server, which runs "
+                          f"Slurm {', '.join(available) or '(no build installed)'}. Ask for one of those, or have "
+                          f"the operator start openpcs serve with --slurm-version-map "
+                          f"{scheduler['version']}=<installed version>.")
 
 
 def check_scheduler_update(current: str, requested: str) -> None:

@@ -45,6 +45,7 @@ class ServiceContext:
     tokens: PageTokens
     max_clusters: int
     shared_secret: Callable[[str], bytes | None]
+    scheduler_versions: tuple[str, ...]  # the Slurm versions this server runs (slurm.builds.Catalog.releases)
 
 
 class PcsHandlers:
@@ -56,7 +57,7 @@ class PcsHandlers:
 
     def CreateCluster(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
         rules.check_name("clusterName", p["clusterName"])
-        rules.check_scheduler(p["scheduler"])
+        rules.check_scheduler(p["scheduler"], self.ctx.scheduler_versions)
         rules.check_subnets("networking.subnetIds", p["networking"].get("subnetIds") or [])
         slurm = p.get("slurmConfiguration") or {}
         rules.check_cluster_slurm_configuration(slurm)
@@ -96,7 +97,7 @@ class PcsHandlers:
         if p.get("scheduler") is not None:
             # The request names only the version; the type stays SLURM.
             scheduler = {**spec["scheduler"], **p["scheduler"]}
-            rules.check_scheduler(scheduler)
+            rules.check_scheduler(scheduler, self.ctx.scheduler_versions)
             rules.check_scheduler_update(spec["scheduler"]["version"], scheduler["version"])
             spec["scheduler"] = scheduler
         slurm, changes = spec["slurmConfiguration"], p.get("slurmConfiguration") or {}
