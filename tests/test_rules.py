@@ -35,7 +35,7 @@ def fields(excinfo) -> dict[str, str]:
     ({"clusterName": "has space"}, "clusterName", "letters, digits and hyphens"),
     ({"size": "HUGE"}, "size", "enum value set: [SMALL, MEDIUM, LARGE]"),
     ({"scheduler": {"type": "PBS", "version": "24.11"}}, "scheduler.type", "enum"),
-    ({"scheduler": {"type": "SLURM", "version": "19.05"}}, "scheduler.version", "not supported"),
+    ({"scheduler": {"type": "SLURM", "version": "19.05"}}, "scheduler.version", "not available"),
     ({"networking": {"subnetIds": ["vpc-123"]}}, "networking.subnetIds.1.member", "regular expression"),
     ({"networking": {"subnetIds": []}}, "networking.subnetIds", "length greater than or equal to 1"),
     ({"slurmConfiguration": {"scaleDownIdleTimeInSeconds": 0}},
