@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import configparser
 import datetime as dt
+import http.client
 import json
+import socket
 import stat
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from botocore.exceptions import ClientError
 from conftest import OpenPcs
 
 FIFTEEN_MINUTES = dt.timedelta(minutes=15)
+PREFIX = "AWSParallelComputingService"
+JSON_10 = "application/x-amz-json-1.0"
 
 
 def client(server: OpenPcs, access_key: str, secret_key: str, **config: object):
@@ -135,6 +139,57 @@ def test_a_skewed_clock_within_15_minutes_is_accepted(server, offset):
     pcs = server.client()
     with signing_clock(offset):
         assert pcs.list_clusters()["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+# --- Replays: what the signature must cover ----------------------------------------------------------------
+
+def signed_over(server: OpenPcs, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+    """botocore's SigV4 headers for POST / with `headers`: it signs them, Host and X-Amz-Date, and nothing else."""
+    creds = server.credentials()
+    request = AWSRequest("POST", server.url + "/", data=body, headers=headers)
+    SigV4Auth(Credentials(creds["aws_access_key_id"], creds["aws_secret_access_key"]), "pcs",
+              creds["region"]).add_auth(request)
+    return dict(request.headers.items())
+
+
+def sent_raw(server: OpenPcs, headers: dict[str, str], body: bytes) -> tuple[int, str, dict]:
+    """POST / over a raw socket with exactly `headers` (in order) after Host; the status, error code and body."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+                     .encode() + body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.getheader("x-amzn-ErrorType"), json.loads(response.read())
+
+
+def test_a_request_replayed_as_another_operation_is_refused(server):
+    # Signed over Host and X-Amz-Date only, then sent with the target of the replayer's choice: DeleteCluster.
+    body = b'{"clusterIdentifier": "pcs_0123456789"}'
+    headers = signed_over(server, body, {})
+    assert "SignedHeaders=host;x-amz-date," in headers["Authorization"]
+    headers |= {"X-Amz-Target": f"{PREFIX}.DeleteCluster", "Content-Type": JSON_10}
+    status, code, answer = sent_raw(server, headers, body)
+    assert (status, code) == (403, "InvalidSignatureException"), answer  # it was a 404: DeleteCluster ran
+    assert answer["message"] == "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization."
+
+
+def test_an_unsigned_content_type_is_refused(server):
+    headers = signed_over(server, b"{}", {"X-Amz-Target": f"{PREFIX}.ListClusters"})
+    headers["Content-Type"] = JSON_10
+    status, code, answer = sent_raw(server, headers, b"{}")
+    assert (status, code) == (403, "InvalidSignatureException"), answer
+    assert answer["message"] == "'Content-Type' must be a 'SignedHeader' in the AWS Authorization."
+
+
+def test_an_authorization_with_two_signatures_is_refused(server):
+    headers = signed_over(server, b"{}", {"X-Amz-Target": f"{PREFIX}.ListClusters", "Content-Type": JSON_10})
+    assert sent_raw(server, headers, b"{}")[0] == 200
+    # A bogus signature first and the real one last: the last one used to win.
+    headers["Authorization"] = headers["Authorization"].replace("Signature=", f"Signature={'0' * 64}, Signature=")
+    status, code, answer = sent_raw(server, headers, b"{}")
+    assert (status, code) == (403, "IncompleteSignatureException"), answer
+    assert "more than one 'Signature' parameter" in answer["message"]
 
 
 def test_refused_requests_leave_no_secret_in_the_log(server):

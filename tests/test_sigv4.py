@@ -301,15 +301,22 @@ def _auth_variants() -> Iterator[tuple[str, str, str]]:
     yield "credential-date-mismatch", (
         "AWS4-HMAC-SHA256 Credential={ak}/20240102/us-east-1/pcs/aws4_request, {sh}, Signature={sig}"
     ), "'20240102' != '20240101', from '20240101T000000Z'"
-    yield "host-not-signed", (
-        "AWS4-HMAC-SHA256 {cred}, SignedHeaders=content-type;x-amz-date;x-amz-target, Signature={sig}"
-    ), "'Host' must be a 'SignedHeader'"
     yield "upper-case-signed-headers", (
         "AWS4-HMAC-SHA256 {cred}, SignedHeaders=Host;X-Amz-Date, Signature={sig}"
     ), "SignedHeaders must be"
     yield "empty-signed-header-name", (
         "AWS4-HMAC-SHA256 {cred}, SignedHeaders=host;;x-amz-date, Signature={sig}"
     ), "SignedHeaders must be"
+    # A repeated part: which one counts must never be a guess (before, the last one won).
+    yield "two-signatures", "AWS4-HMAC-SHA256 {cred}, {sh}, Signature={sig}, Signature={sig}", (
+        "more than one 'Signature' parameter"
+    )
+    yield "two-credentials", "AWS4-HMAC-SHA256 {cred}, {cred}, {sh}, Signature={sig}", (
+        "more than one 'Credential' parameter"
+    )
+    yield "two-signed-headers", "AWS4-HMAC-SHA256 {cred}, {sh}, SignedHeaders=host;x-amz-date, Signature={sig}", (
+        "more than one 'SignedHeaders' parameter"
+    )
 
 
 @pytest.mark.parametrize(("template", "fragment"), [v[1:] for v in _auth_variants()],
@@ -332,13 +339,74 @@ def test_malformed_authorization(verifier: SigV4Verifier, template: str, fragmen
 
 def test_incomplete_message_echoes_header_without_signature(verifier: SigV4Verifier) -> None:
     req = sign()
-    auth = req[3]["authorization"].replace("SignedHeaders=content-type;host;", "SignedHeaders=content-type;")
+    auth = req[3]["authorization"].replace("/aws4_request,", "/aws5_request,")
     err = refuse(verifier, replace_header(req, "authorization", auth))
     assert err.message == (
-        "'Host' must be a 'SignedHeader' in the AWS Authorization. Authorization=AWS4-HMAC-SHA256 "
-        f"Credential={AK}/20240101/us-east-1/pcs/aws4_request, "
-        "SignedHeaders=content-type;x-amz-date;x-amz-target, Signature=<redacted>"
+        "Credential should be scoped with a valid terminator: 'aws4_request'. Authorization=AWS4-HMAC-SHA256 "
+        f"Credential={AK}/20240101/us-east-1/pcs/aws5_request, "
+        "SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=<redacted>"
     )
+
+
+# --- What must be signed ----------------------------------------------------------------------------------
+
+
+def sign_host_and_date_only(add: dict[str, str]) -> SignedRequest:
+    """A valid signature over host and x-amz-date only, with `add` (lower-case names) sent unsigned beside it."""
+    request = AWSRequest(method="POST", url=ENDPOINT + "/", data=BODY)
+    SigV4Auth(Credentials(AK, SK), "pcs", "us-east-1").add_auth(request)
+    headers = {"host": "127.0.0.1:8080", **{k.lower(): v for k, v in request.headers.items()}}
+    assert "SignedHeaders=host;x-amz-date," in headers["authorization"]
+    return "POST", "/", "", {**headers, **add}, BODY
+
+
+@pytest.mark.parametrize("name, value, named", [
+    ("x-amz-target", "AWSParallelComputingService.DeleteCluster", "X-Amz-Target"),
+    ("content-type", "application/x-amz-json-1.0", "Content-Type"),
+    ("x-amz-security-token", "token", "X-Amz-Security-Token"),
+    ("x-amz-anything", "else", "X-Amz-Anything"),
+])
+def test_a_header_aws_requires_signed_is_refused_unsigned(verifier: SigV4Verifier, name: str, value: str,
+                                                          named: str) -> None:
+    # The signature itself is valid: without this rule, anyone replaying it could choose the operation.
+    assert verifier.verify(*sign_host_and_date_only({}), now=NOW) == AK
+    err = refuse(verifier, sign_host_and_date_only({name: value}))
+    assert (err.code, err.message) == (MISMATCH, f"'{named}' must be a 'SignedHeader' in the AWS Authorization.")
+
+
+def test_host_must_be_signed(verifier: SigV4Verifier) -> None:
+    req = sign()
+    auth = req[3]["authorization"].replace("SignedHeaders=content-type;host;", "SignedHeaders=content-type;")
+    err = refuse(verifier, replace_header(req, "authorization", auth))
+    assert (err.code, err.message) == (MISMATCH, "'Host' must be a 'SignedHeader' in the AWS Authorization.")
+
+
+@pytest.mark.parametrize("name", ["user-agent", "x-amzn-trace-id", "date"])
+def test_other_headers_may_go_unsigned(verifier: SigV4Verifier, name: str) -> None:
+    # botocore leaves User-Agent and X-Amzn-Trace-Id unsigned; a Date beside X-Amz-Date does not date the request.
+    assert verifier.verify(*replace_header(sign(), name, "Mon, 01 Jan 2024 00:00:00 GMT"), now=NOW) == AK
+
+
+def test_accepts_a_request_dated_by_a_signed_date_header(verifier: SigV4Verifier) -> None:
+    # AWS reads the time from Date when there is no X-Amz-Date; botocore then signs Date, as an HTTP date.
+    req = sign(extra_headers={"Date": "replaced by botocore"})
+    assert "x-amz-date" not in req[3] and req[3]["date"] == "Mon, 01 Jan 2024 00:00:00 -0000"
+    assert verifier.verify(*req, now=NOW) == AK
+    assert refuse(verifier, req, now=NOW + 901).message.startswith("Signature expired: 20240101T000000Z")
+
+
+def test_a_date_header_that_dates_the_request_must_be_signed(verifier: SigV4Verifier) -> None:
+    req = sign(extra_headers={"Date": "replaced by botocore"})
+    auth = req[3]["authorization"].replace("SignedHeaders=content-type;date;", "SignedHeaders=content-type;")
+    err = refuse(verifier, replace_header(req, "authorization", auth))
+    assert (err.code, err.message) == (MISMATCH, "'Date' must be a 'SignedHeader' in the AWS Authorization.")
+
+
+def test_a_malformed_date_header_is_incomplete(verifier: SigV4Verifier) -> None:
+    req = replace_header(sign(extra_headers={"Date": "replaced by botocore"}), "date", "yesterday")
+    err = refuse(verifier, req)
+    assert err.code == "IncompleteSignatureException"
+    assert err.message.startswith("Date must be an HTTP date")
 
 
 @pytest.mark.parametrize("amz_date", [None, "2024-01-01T00:00:00Z", "20241301T000000Z", "20240101T000000"])

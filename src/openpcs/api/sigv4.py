@@ -12,10 +12,17 @@ Caller contract (see ``SigV4Verifier.verify``):
 
 Messages never contain the signature or a secret: the ``Authorization=...`` echo AWS appends to
 ``IncompleteSignatureException`` is rebuilt here from the parsed, validated parts only.
+
+What must be signed is what AWS requires (IAM user guide, "Create a signed AWS API request"): Host, Content-Type
+when it is sent, and every x-amz-* header sent (X-Amz-Date, X-Amz-Target, X-Amz-Security-Token, ...), all of
+which botocore signs. Otherwise whoever replays a request could change what it does: X-Amz-Target turns a
+GetQueue into a DeleteQueue under the same signature. The request's time comes from X-Amz-Date or, without it,
+from a signed Date header, as AWS reads it.
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import hmac
 import re
@@ -63,18 +70,19 @@ def _fmt_time(t: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
 
 
+def _safe(value: str) -> str:
+    """`value` if it may be echoed back to the client, else a placeholder."""
+    if _ECHO_SAFE_RE.fullmatch(value) and not _LONG_HEX_RE.search(value):
+        return value
+    return "<redacted>"
+
+
 def _echo(algorithm: str, params: Mapping[str, str]) -> str:
     """The ``Authorization=...`` suffix AWS appends, from validated pieces only, signature redacted."""
-
-    def safe(value: str) -> str:
-        if _ECHO_SAFE_RE.fullmatch(value) and not _LONG_HEX_RE.search(value):
-            return value
-        return "<redacted>"
-
-    parts = [f"{name}={safe(params[name])}" for name in ("Credential", "SignedHeaders") if name in params]
+    parts = [f"{name}={_safe(params[name])}" for name in ("Credential", "SignedHeaders") if name in params]
     if "Signature" in params:
         parts.append("Signature=<redacted>")
-    return f" Authorization={safe(algorithm)} {', '.join(parts)}".rstrip()
+    return f" Authorization={_safe(algorithm)} {', '.join(parts)}".rstrip()
 
 
 def _incomplete(problem: str, algorithm: str, params: Mapping[str, str]) -> AuthError:
@@ -102,6 +110,30 @@ def _parse_amz_date(amz_date: str) -> float | None:
         ).timestamp()
     except ValueError:  # e.g. month 13
         return None
+
+
+def _parse_http_date(value: str) -> float | None:
+    """Unix time of an HTTP date (what botocore writes in a Date header it signs), or None if it is not one."""
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp()  # "-0000" parses without a zone: UTC
+
+
+def _header_name(name: str) -> str:
+    """A lower-case header name as AWS writes it in messages: 'X-Amz-Target'."""
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def _unsigned_header(headers: Mapping[str, str], signed: list[str], date_header: str) -> str | None:
+    """The first header that AWS requires to be signed and that is not, or None."""
+    if "host" not in signed:
+        return "host"
+    for name in headers:
+        if name not in signed and (name.startswith("x-amz-") or name in ("content-type", date_header)):
+            return name
+    return None
 
 
 def _canonical_uri(path: str) -> str:
@@ -141,7 +173,8 @@ class SigV4Verifier:
             f"{max_skew_seconds} sec."
         )
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
-        self._last_date: tuple[str, float] = ("", 0.0)
+        # The last date header seen: (its name, its value, unix time, ISO 8601 basic form).
+        self._last_date: tuple[str, str, float, str] = ("", "", 0.0, "")
 
     def _signing_key(self, secret: str, date: str, region: str, service: str) -> bytes:
         cache_key = (secret, date, region, service)
@@ -154,6 +187,21 @@ class SigV4Verifier:
                 self._keys.clear()
             self._keys[cache_key] = key
         return key
+
+    def _request_time(self, date_header: str, stamp: str) -> tuple[float, str] | None:
+        """When the request says it was signed: unix time and the ISO 8601 basic form the string to sign holds."""
+        last = self._last_date  # One read: another thread may replace it meanwhile.
+        if last[0] == date_header and last[1] == stamp:
+            return last[2], last[3]
+        when = _parse_amz_date(stamp)
+        if when is None and date_header == "date":
+            when = _parse_http_date(stamp)
+        if when is None:
+            return None
+        iso = _fmt_time(when)
+        # Concurrent requests mostly carry the same second; parsing a date costs as much as the HMAC.
+        self._last_date = (date_header, stamp, when, iso)
+        return when, iso
 
     def verify(
         self,
@@ -192,7 +240,11 @@ class SigV4Verifier:
                 raise _incomplete(
                     "Invalid key=value pair (missing equal-sign) in Authorization header.", algorithm, params
                 )
-            params[name.strip()] = value.strip()
+            name = name.strip()
+            if name in params:  # Which one would count? Either choice lets a proxy and us read different ones.
+                raise _incomplete(f"Authorization header has more than one '{_safe(name)}' parameter.",
+                                  algorithm, params)
+            params[name] = value.strip()
         missing = [
             f"Authorization header requires '{name}' parameter."
             for name in ("Credential", "Signature", "SignedHeaders")
@@ -218,30 +270,28 @@ class SigV4Verifier:
                 "SignedHeaders must be lower-case header names separated by ';'.", algorithm, params
             )
         signed_names = signed_headers.split(";")
-        if "host" not in signed_names:
-            raise _incomplete("'Host' must be a 'SignedHeader' in the AWS Authorization.", algorithm, params)
-
-        amz_date = headers.get("x-amz-date")
-        if amz_date is None:
+        date_header = "x-amz-date" if "x-amz-date" in headers else "date"
+        if date_header not in headers:
+            raise _incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.",
+                              algorithm, params)
+        unsigned = _unsigned_header(headers, signed_names, date_header)
+        if unsigned is not None:
+            # AWS's JSON services (DynamoDB, for one) answer an unsigned Host with this code, not with
+            # IncompleteSignature: the Authorization header is well-formed, its signature just covers too little.
+            raise AuthError("InvalidSignatureException",
+                            f"'{_header_name(unsigned)}' must be a 'SignedHeader' in the AWS Authorization.")
+        stamp = headers[date_header].strip()
+        request = self._request_time(date_header, stamp)
+        if request is None:
             raise _incomplete(
-                "Authorization header requires existence of a 'X-Amz-Date' header.", algorithm, params
-            )
-        amz_date = amz_date.strip()
-        last_date = self._last_date  # One read: another thread may replace it meanwhile.
-        if last_date[0] == amz_date:
-            request_time = last_date[1]
-        else:
-            request_time = _parse_amz_date(amz_date)
-            if request_time is None:
-                raise _incomplete(
-                    "X-Amz-Date must be in ISO-8601 basic format (yyyyMMdd'T'HHmmss'Z').", algorithm, params
-                )
-            # Concurrent requests mostly carry the same second; parsing a date costs as much as the HMAC.
-            self._last_date = (amz_date, request_time)
+                "X-Amz-Date must be in ISO-8601 basic format (yyyyMMdd'T'HHmmss'Z')." if date_header == "x-amz-date"
+                else "Date must be an HTTP date or in ISO-8601 basic format (yyyyMMdd'T'HHmmss'Z').",
+                algorithm, params)
+        request_time, amz_date = request
         if amz_date[:8] != cred_date:
             raise _incomplete(
                 "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
-                f"'{cred_date}' != '{amz_date[:8]}', from '{amz_date}'.",
+                f"'{cred_date}' != '{amz_date[:8]}', from '{stamp}'.",
                 algorithm,
                 params,
             )
