@@ -1,14 +1,21 @@
 """`openpcs serve` runs its API in worker processes: they share the load, are replaced when they die, die
-with the server, and never carry a secret where other users can read it."""
+with the server, never carry a secret where other users can read it, and answer a committed write as applied
+whatever becomes of their supervisor."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
-from conftest import OpenPcs, create_cluster, unique
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from conftest import SUBNET, OpenPcs, create_cluster, unique
 
 
 def workers_of(server: OpenPcs) -> set[int]:
@@ -78,3 +85,54 @@ def test_a_database_url_from_the_environment_is_on_no_command_line(tmp_path, pos
         assert not (tmp_path / "data" / "openpcs.db").exists()  # the state went to PostgreSQL
     finally:
         server.stop()
+
+
+def signed(server: OpenPcs, operation: str, body: bytes) -> dict[str, str]:
+    creds = server.credentials()
+    request = AWSRequest("POST", server.url + "/", data=body, headers={
+        "X-Amz-Target": f"AWSParallelComputingService.{operation}", "Content-Type": "application/x-amz-json-1.0"})
+    SigV4Auth(Credentials(creds["aws_access_key_id"], creds["aws_secret_access_key"]), "pcs",
+              creds["region"]).add_auth(request)
+    return dict(request.headers.items())
+
+
+def unread_by_server(server_port: int, client_port: int) -> int:
+    """Bytes the server's end of a loopback connection has received and not yet read (rx_queue in /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)) == (server_port, client_port):
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no connection from port {client_port} to {server_port}")
+
+
+def test_a_write_committed_after_the_supervisor_died_is_answered_as_applied(tmp_path):
+    """A worker wakes its supervisor's reconciler through a pipe after each write; with the supervisor dead the
+    pipe is broken. The write was committed all the same, so it is a 200 (it was a 500 that said "not applied")."""
+    data = tmp_path / "data"
+    server = OpenPcs(data, None, "--workers", "1").start()
+    wait_workers(server, 1)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/", body=b"{}", headers=signed(server, "ListClusters", b"{}"))
+    assert conn.getresponse().read()  # a kept-alive connection the worker has accepted
+    name = unique()
+    body = json.dumps({"clusterName": name, "scheduler": {"type": "SLURM", "version": "24.11"}, "size": "SMALL",
+                       "networking": {"subnetIds": [SUBNET]}}).encode()
+    store = sqlite3.connect(data / "openpcs.db", isolation_level=None, timeout=10)
+    store.execute("BEGIN IMMEDIATE")  # the create waits for the store's lock ...
+    try:
+        conn.request("POST", "/", body=body, headers=signed(server, "CreateCluster", body))
+        while unread_by_server(server.port, conn.sock.getsockname()[1]):
+            time.sleep(0.01)  # ... once the worker has read it
+        server.process.kill()  # the worker finishes the requests it has, then stops with its supervisor
+        server.process.wait()
+    finally:
+        store.execute("ROLLBACK")
+        store.close()
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    assert response.status == 200, answer
+    assert answer["cluster"]["name"] == name and answer["cluster"]["status"] == "CREATING"
+
+    restarted = OpenPcs(data, None, "--no-reconcile").start()
+    assert restarted.client().get_cluster(clusterIdentifier=name)["cluster"]["id"] == answer["cluster"]["id"]
+

@@ -2,12 +2,14 @@
 
 Reads (Get*, List*) run in a read transaction; every other operation is one serialized write
 transaction that also records its idempotency token, so a retried request and the original can never
-both create a resource. Which member is the token is read from the model (`idempotencyToken`).
+both create a resource. Which member is the token is read from the model (`idempotencyToken`). After a
+write commits, `after_write` wakes the reconciler, best-effort: nothing after the commit can fail the call.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +20,8 @@ from sqlalchemy import Connection, delete, select
 
 from ..store.db import IDEMPOTENCY_WINDOW_SECONDS, Store, dumps, idempotency, loads
 from .errors import ApiError
+
+log = logging.getLogger("openpcs.api")
 
 READ_PREFIXES = ("Get", "List", "Describe")
 
@@ -56,7 +60,13 @@ class Dispatcher:
             else:
                 result = self._idempotent(conn, operation.name, token, _request_hash(params, token_member),
                                           lambda: handler(conn, params))
-        self.after_write()
+        try:
+            self.after_write()
+        except Exception:
+            # The write is committed, so it must be answered as applied. A lost wake-up costs nothing: the
+            # reconciler is level-triggered and reads the store again when it starts and every few seconds.
+            # (Its pipe breaks when the supervisor has died, while this worker finishes its requests.)
+            log.warning("could not wake the reconciler after a committed %s", operation.name, exc_info=True)
         return result
 
     def _idempotent(self, conn: Connection, operation: str, token: str, request_hash: str,
