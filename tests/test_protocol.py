@@ -332,6 +332,28 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(server):
     assert replies[0].headers["x-amzn-requestid"] != replies[1].headers["x-amzn-requestid"]
 
 
+def test_more_pipelined_requests_than_are_read_ahead_are_all_answered_in_order(server):
+    """A connection parses only a few requests ahead of its answers, in slices that may end inside a body: the
+    rest waits unread until the answers catch up, and nothing is lost or reordered on the way."""
+    rng = random.Random(5)
+    requests, expected = b"", []
+    for _ in range(100):
+        valid = rng.random() < 0.5
+        body = b'{"maxResults": %d%s}' % (5 if valid else 0, b" " * rng.choice([0, 100, 5000, 20000]))
+        head = signed_headers(server, body)
+        lines = ["POST / HTTP/1.1", f"Host: 127.0.0.1:{server.port}", *(f"{k}: {v}" for k, v in head.items())]
+        requests += "".join(line + "\r\n" for line in lines).encode()
+        requests += f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        expected.append(200 if valid else 400)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(requests,))
+        sender.start()
+        stream = sock.makefile("rb")
+        statuses = [_read_framed(stream).status for _ in expected]
+        sender.join()
+    assert statuses == expected
+
+
 def _read_framed(stream) -> Reply:
     """One response read off a shared buffered stream (http.client would close the stream after it)."""
     status = int(stream.readline().split()[1])

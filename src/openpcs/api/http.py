@@ -5,7 +5,10 @@ response) costing more CPU than openpcs's own request handling (docs/performance
 only what AWS JSON clients need: keep-alive, sequential pipelining, Expect: 100-continue, one write per
 response. It also guards what uvicorn left open: a client must finish its request headers within
 HEADER_TIMEOUT seconds and within MAX_HEADER_BYTES, and an idle keep-alive connection is closed after
-KEEP_ALIVE_TIMEOUT seconds. The ASGI app (ApiApp) still owns body limits and body timeouts.
+KEEP_ALIVE_TIMEOUT seconds. A connection parses only a few requests ahead of the one it answers, and
+answers nothing more while its socket's write buffer is full; past that it stops reading, so that a client
+that pipelines faster than it reads its answers is held back by its own TCP window instead of growing this
+process. The ASGI app (ApiApp) still owns body limits and body timeouts.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ KEEP_ALIVE_TIMEOUT = 30.0
 MAX_HEADER_BYTES = 64 * 1024
 SHUTDOWN_GRACE_SECONDS = 10.0
 LISTEN_BACKLOG = 1024
+# Requests parsed ahead of the one being answered, at most (plus what one PARSE_SLICE holds): past that a
+# connection stops reading. A parsed request costs far more memory than its bytes on the wire.
+MAX_PIPELINED = 16
+PARSE_SLICE = 4096
+_NOTHING = memoryview(b"")
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 402: b"Payment Required", 403: b"Forbidden", 404: b"Not Found",
             408: b"Request Timeout", 409: b"Conflict", 413: b"Payload Too Large",
@@ -78,6 +86,9 @@ class _Connection(asyncio.Protocol):
         self.queue: deque[_Request] = deque()  # parsed (at least to their headers), not yet answered
         self.running: _Request | None = None
         self.parsing: _Request | None = None
+        self.unparsed = _NOTHING  # received, not yet parsed: reading is paused while any is left
+        self.reading_paused = False
+        self.writing_paused = False  # the transport's write buffer is full: answer nothing more until it drains
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
@@ -98,17 +109,52 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.server.connections.discard(self)
         self._disarm()
-        for request in (self.running, *self.queue):
-            if request is not None:
-                request.wake()
+        if self.running is not None:
+            self.running.wake()  # its app sees the disconnect
+        self.queue.clear()  # never to be answered: free them now
+        self.unparsed = _NOTHING
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse(400, "Protocol upgrades are not supported.")
-        except httptools.HttpParserError as exc:
-            self._refuse(400, f"Malformed HTTP request: {exc}.")
+        self.unparsed = memoryview(data)  # nothing is left from before: reading was paused until it was parsed
+        self._parse()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._next()  # parsing goes on as requests are answered (_run)
+
+    def _parse(self) -> None:
+        """Parse what arrived, a slice at a time, while the client is not too far ahead of its responses.
+
+        Parsing stops while MAX_PIPELINED requests wait, or while a waiting request's body is being read (the
+        app bounds a body only once its request runs); the rest stays unparsed and reading pauses, until
+        answering has caught up.
+        """
+        while (self.unparsed and len(self.queue) < MAX_PIPELINED and not self.closed
+               and (self.parsing is None or self.parsing is self.running)):
+            chunk, self.unparsed = self.unparsed[:PARSE_SLICE], self.unparsed[PARSE_SLICE:]
+            try:
+                self.parser.feed_data(chunk)
+            except httptools.HttpParserUpgrade:
+                self._refuse(400, "Protocol upgrades are not supported.")
+            except httptools.HttpParserError as exc:
+                self._refuse(400, f"Malformed HTTP request: {exc}.")
+        if self.closed or self.transport is None:
+            return
+        if self.unparsed:
+            self._disarm()  # headers waiting here are late because of us, not the client
+        else:
+            self.unparsed = _NOTHING  # let go of the chunk the empty slice still refers to
+            if self.in_headers and self.timer is None:
+                self._arm(HEADER_TIMEOUT)  # parsing again: the rest of the headers is up to the client
+        if bool(self.unparsed) != self.reading_paused:
+            self.reading_paused = not self.reading_paused
+            if self.reading_paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     # -- parser callbacks -------------------------------------------------------------------------
 
@@ -156,7 +202,7 @@ class _Connection(asyncio.Protocol):
     # -- running requests -------------------------------------------------------------------------
 
     def _next(self) -> None:
-        if self.running is None and self.queue and not self.closed:
+        if self.running is None and self.queue and not self.closed and not self.writing_paused:
             self.running = self.queue.popleft()
             self.loop.create_task(self._run(self.running))
 
@@ -205,6 +251,7 @@ class _Connection(asyncio.Protocol):
                 if not self.queue and not self.in_headers:
                     self._arm(KEEP_ALIVE_TIMEOUT)
                 self._next()
+                self._parse()
 
     def _respond(self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         if self.closed or self.transport is None:
