@@ -206,6 +206,40 @@ def test_kill9_of_the_server_leaves_jobs_alone_and_the_restart_adopts_every_daem
     assert sorted(daemons) == before  # the same daemons: none duplicated, none orphaned
 
 
+# Points in a node group's creation at which the server is killed: Slurm's configuration names the new node
+# (slurmctld may be re-reading it), the instance has its bootstrap data, its slurmd has been started.
+KILL_POINTS = {
+    "configured": lambda data, name: any(name in conf.read_text() for conf in data.glob("clusters/*/etc/slurm.conf")),
+    "issued": lambda data, name: any(data.glob("instances/*/bootstrap.json")),
+    "launched": lambda data, name: any(data.glob("instances/*/slurmd.json")),
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_kill9_while_a_node_group_comes_up_and_the_restart_finishes_it(tmp_path, point):
+    """kill -9 of the server in the middle of CreateComputeNodeGroup: the restart carries on to ACTIVE, with
+    the node IDLE in Slurm, however far the first server got (a controller that is busy re-reading its
+    configuration is a reason to wait, not to fail)."""
+    data = tmp_path / "data"
+    server = OpenPcs(data).start()
+    pcs = server.client()
+    cluster = create_cluster(pcs)
+    group = create_node_group(pcs, cluster["id"], min_count=1, max_count=2, wait=False)
+    node = f"{group['name']}-1"
+    deadline = time.monotonic() + 30
+    while not KILL_POINTS[point](data, node):
+        assert time.monotonic() < deadline, f"the server never reached '{point}'"
+        time.sleep(0.01)
+    server.kill9()
+    server.start()
+    pcs = server.client()
+    done = wait_for(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster["id"],
+                                                       computeNodeGroupIdentifier=group["id"]),
+                    "computeNodeGroup", ("ACTIVE", "CREATE_FAILED"), timeout=60)
+    assert done["status"] == "ACTIVE", done.get("errorInfo")
+    assert node_states(server, cluster["id"])[node] == "IDLE"
+
+
 def _serve_pids(server: OpenPcs) -> set[int]:
     children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
     return {server.process.pid, *map(int, children)}
@@ -346,10 +380,35 @@ def test_lowering_the_minimum_drains_the_surplus_node_before_stopping_it(server,
                                                 computeNodeGroupIdentifier=group["id"]), "computeNodeGroup",
              ("ACTIVE",), timeout=30)
     assert job_state(server, cluster["name"], job) == "COMPLETED" and out.read_text().strip() == "done"
-    states = node_states(server, cluster["name"])
-    assert states[f"{group['name']}-1"] == "IDLE"
+    assert node_states(server, cluster["name"])[f"{group['name']}-1"] == "IDLE"
     # A power-saving node again, stopped as Slurm stops an idle dynamic node (POWERING_DOWN for SuspendTimeout).
-    assert "CLOUD" in states[surplus] and "DRAIN" not in states[surplus] and "POWER" in states[surplus], states
+    # Slurm applies that on its own schedule: wait for its state rather than look once.
+    wait_node_state(server, cluster["name"], surplus,
+                    lambda state: "CLOUD" in state and "DRAIN" not in state and "POWER" in state)
+
+    # Raised again while Slurm still powers it down: the node comes back, at once and every time.
+    for _ in range(2):
+        for low, high in ((2, 2), (1, 2)):
+            pcs.update_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=group["id"],
+                                          scalingConfiguration={"minInstanceCount": low, "maxInstanceCount": high})
+            wait_for(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster["id"],
+                                                        computeNodeGroupIdentifier=group["id"]), "computeNodeGroup",
+                     ("ACTIVE",), timeout=30)
+            if low == 2:
+                assert node_states(server, cluster["name"])[surplus] == "IDLE"
+                ran = openpcs_exec(server, cluster["name"], "srun", "-p", queue["name"], "-w", surplus, "bash", "-c",
+                                   "echo $SLURMD_NODENAME").stdout.strip()
+                assert ran == surplus
+
+
+def wait_node_state(server: OpenPcs, cluster: str, node: str, wanted, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = node_states(server, cluster).get(node, "")
+        if wanted(state):
+            return state
+        assert time.monotonic() < deadline, f"{node} stayed {state}"
+        time.sleep(0.1)
 
 
 def _processes_running(argv: list[str]) -> list[int]:

@@ -89,7 +89,12 @@ def bring_up(directory: Path) -> bool:
             build_bin = str(Path(boot["slurmd"]).parent.parent / "bin")
             workdir = Path(boot["logDir"]) / "nodes" / node
             workdir.mkdir(parents=True, exist_ok=True)
-            processes.spawn([boot["slurmd"], "-D", "-N", node, "-f", conf], directory / "slurmd.json",
+            # An instance's first slurmd start is its boot: -b reports it, as Slurm wants of a node it powered up.
+            # A later start (slurmd died and is launched again) is not, so its running jobs are not lost.
+            booted = directory / "booted"
+            report_boot = [] if booted.exists() else ["-b"]
+            booted.touch()
+            processes.spawn([boot["slurmd"], "-D", *report_boot, "-N", node, "-f", conf], directory / "slurmd.json",
                             Path(boot["logDir"]) / f"slurmd-{node}.out",
                             env={"SLURM_CONF": conf, "PATH": f"{build_bin}:{_PATH}"}, cwd=workdir, owns_workdir=True)
         except Exception as exc:  # one instance's failure must not stop the others

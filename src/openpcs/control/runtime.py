@@ -51,6 +51,9 @@ NODES_TIMEOUT_SECONDS = 120.0
 # How often to ask Slurm for the state of nodes coming up: each ask is an RPC that slurmctld answers
 # between the nodes' registrations.
 NODES_POLL_SECONDS = 0.2
+# slurmctld accepts a powered-up node's registration only if it reports a boot after the power_up request,
+# compared at one-second resolution.
+BOOT_AFTER_POWER_UP_SECONDS = 1.1
 
 _POWER_SCRIPT = """#!/bin/sh
 # Written by openpcs. Slurm's power saving calls this for the node group's CLOUD nodes (above
@@ -69,6 +72,7 @@ class Runtime:
         self._waiting_since: dict[str, float] = {}
         self.drains = Drains(drain_timeout)
         self._synced: dict[str, tuple] = {}  # cluster id -> what its running configuration was rendered from
+        self._powered_up: dict[str, float] = {}  # node name -> when power_up was asked for it
 
     def _controller(self, cluster: Resource, *, stopping: bool = False) -> SlurmController:
         """The cluster's Slurm, run by the build of the version it asked for. A cluster being taken down needs
@@ -108,23 +112,20 @@ class Runtime:
             "secretArn": f"arn:aws:secretsmanager:{self.region}:{self.account}:secret:pcs!slurm-secret-"
                          f"{cluster.id}",
             "secretVersion": str(uuid.uuid5(uuid.NAMESPACE_URL, cluster.id))})
-        endpoints = {e["type"]: e for e in state.get("endpoints", [])}
-        endpoints["SLURMCTLD"] = {"type": "SLURMCTLD", "privateIpAddress": "127.0.0.1", "port": str(port)}
-        wanted = ["SLURMCTLD"]
+        state["endpoints"] = [{"type": "SLURMCTLD", "privateIpAddress": "127.0.0.1", "port": str(port)}]
+        # slurmdbd and slurmrestd do not run yet: no endpoint, no JWT key is listed for them, and the cluster
+        # says so beside its errorInfo (kept apart from it, which the health pass owns).
+        state.pop("jwtAuth", None)
         slurm = cluster.spec["slurmConfiguration"]
-        if slurm["accounting"]["mode"] == "STANDARD":
-            wanted.append("SLURMDBD")
-        if slurm["slurmRest"]["mode"] == "STANDARD":
-            wanted.append("SLURMRESTD")
-            state.setdefault("jwtAuth", {"jwtKey": {
-                "secretArn": f"arn:aws:secretsmanager:{self.region}:{self.account}:secret:pcs!jwt-"
-                             f"{cluster.id}", "secretVersion": "1"}})
-        else:
-            state.pop("jwtAuth", None)
-        # slurmdbd and slurmrestd are not run yet; their endpoints are reserved ports.
-        state["endpoints"] = [endpoints.get(kind) or {"type": kind, "privateIpAddress": "127.0.0.1",
-                                                      "port": str(ports.daemon(kind.lower()))}
-                              for kind in wanted]
+        state["notices"] = [notice for wanted, notice in (
+            (slurm["accounting"]["mode"] == "STANDARD", {
+                "code": "AccountingNotRunning",
+                "message": "accounting.mode is STANDARD, but this openpcs does not run slurmdbd yet: job accounting "
+                           "(sacct) is off and no SLURMDBD endpoint is listed."}),
+            (slurm["slurmRest"]["mode"] == "STANDARD", {
+                "code": "SlurmRestNotRunning",
+                "message": "slurmRest.mode is STANDARD, but this openpcs does not run slurmrestd yet: no SLURMRESTD "
+                           "endpoint or JWT key is listed."})) if wanted]
         return state
 
     def heal_cluster(self, cluster: Resource) -> None:
@@ -166,14 +167,59 @@ class Runtime:
             kept = [i.node_name for i in surplus
                     if _node_index(i.node_name) <= group.spec["scalingConfiguration"]["maxInstanceCount"]]
             if kept:
-                self._controller(cluster).scontrol(
-                    "update", f"nodename={slurm_config.compress_hostlist(kept)}", "state=power_down_force")
+                self._power_down(cluster, kept)
         issued = self._issue_instances(cluster, group, wanted)
+        self._power_up(cluster, issued)
         self._launch_absent(cluster, issued)
         self._wait_for_nodes(cluster, group, [i.node_name for i in issued])
         state = dict(group.state)
         state.pop("errorInfo", None)
         return state
+
+    def _power_down(self, cluster: Resource, names: list[str]) -> None:
+        """Power down nodes whose instances are gone, and wait until Slurm has begun to: it does so in a thread
+        of its own, and a power-down still pending when the group is ACTIVE could stop a node raised again."""
+        hostlist = slurm_config.compress_hostlist(names)
+        self._controller(cluster).scontrol("update", f"nodename={hostlist}", "state=power_down_force")
+        deadline = time.monotonic() + NODES_TIMEOUT_SECONDS
+        while True:
+            states = self._node_states(cluster)
+            pending = [n for n in names if not {"POWERING_DOWN", "POWERED_DOWN"} & _flags(states, n)]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeFailure("NodesNotPoweredDown", f"Slurm did not power down {hostlist} within "
+                                                            f"{NODES_TIMEOUT_SECONDS:.0f} s")
+            time.sleep(NODES_POLL_SECONDS)
+
+    def _power_up(self, cluster: Resource, instances: list[instance_rows.Instance]) -> None:
+        """Static nodes about to launch that Slurm has powered down, or is powering down (minInstanceCount
+        lowered, then raised again), ignore a slurmd that registers: Slurm wants them powered up, then a
+        registration that reports a boot after that request (seconds resolution). So: end a power-down
+        (`resume`), ask for `power_up`, and hold their launch (RuntimePending) until a second has passed; the
+        agent reports a new instance's first slurmd start as a boot."""
+        launching = [i.node_name for i in instances if self.provider.status(i.id)[0] == "absent"]
+        if not launching:
+            return
+        controller = self._controller(cluster)
+        states = self._node_states(cluster)
+        flags = {name: _flags(states, name) for name in launching}
+        # `resume` also lifts the drain openpcs set when it retired the node (slurmctld may keep it across the
+        # reconfigure that makes the node static again).
+        stopping = [name for name, flag in flags.items() if {"POWER_DOWN", "POWERING_DOWN"} & flag
+                    or ("DRAIN" in flag and states[name][1].startswith("openpcs:"))]
+        if stopping:
+            controller.scontrol("update", f"nodename={slurm_config.compress_hostlist(stopping)}", "state=resume")
+        down = [name for name, flag in flags.items() if {"POWER_DOWN", "POWERING_DOWN", "POWERED_DOWN"} & flag]
+        if down:
+            controller.scontrol("update", f"nodename={slurm_config.compress_hostlist(down)}", "state=power_up")
+            self._powered_up.update({name: time.monotonic() for name in down})
+        waiting = [name for name in launching
+                   if time.monotonic() - self._powered_up.get(name, float("-inf")) < BOOT_AFTER_POWER_UP_SECONDS]
+        if waiting:
+            raise RuntimePending(retry_after=BOOT_AFTER_POWER_UP_SECONDS)
+        for name in launching:
+            self._powered_up.pop(name, None)
 
     def heal_node_group(self, cluster: Resource, group: Resource) -> None:
         """Launch again the instances of an ACTIVE group whose slurmd has stopped (crashed, killed, the host
@@ -358,7 +404,7 @@ class Runtime:
         spec = self._cluster_spec(cluster, groups, queues, highest)
         self._guard("create the stand-in GPU device files", lambda: _gpu_devices(spec))
         files = slurm_config.render(spec)
-        previous = controller.read_config()
+        previous = controller.applied_config()
         plan = slurm_config.plan_reload(previous, files)
         was_running = controller.running()
         if not plan.changed and was_running:
@@ -366,7 +412,7 @@ class Runtime:
             return
         if plan.changed:
             controller.check_config(files)  # Slurm's own parser, before a running slurmctld sees the files
-            self._guard("write the cluster's Slurm configuration", lambda: controller.write_config(files))
+        self._guard("write the cluster's Slurm configuration", lambda: controller.write_config(files))
         try:
             if not was_running:
                 controller.ensure_running()
@@ -455,6 +501,11 @@ class Runtime:
             write_private(path, content)
             path.chmod(0o700)
         return path
+
+
+def _flags(states: dict[str, tuple[str, str]], name: str) -> set[str]:
+    """A node's base state and flags ("IDLE+CLOUD+POWERED_DOWN" -> {"IDLE", "CLOUD", "POWERED_DOWN"})."""
+    return set(states.get(name, ("", ""))[0].split("+"))
 
 
 def _node_counts(group: Resource, highest_running: int) -> tuple[int, int]:

@@ -170,6 +170,18 @@ class SlurmController:
     def reconfigure(self) -> None:
         """Have slurmctld and every slurmd re-read the configuration."""
         self.scontrol("reconfigure")
+        self._mark_applied()
+
+    def applied_config(self) -> dict[str, str]:
+        """The files slurmctld last read (at its start or a reconfigure), which may differ from those on disk
+        if the server died between writing and applying them; those on disk if none is recorded."""
+        try:
+            return orjson.loads((self.run_dir / "applied-config.json").read_bytes())
+        except FileNotFoundError:
+            return self.read_config()
+
+    def _mark_applied(self) -> None:
+        write_private(self.run_dir / "applied-config.json", orjson.dumps(self.read_config()))
 
     def daemons_alive(self) -> bool:
         """munged and slurmctld both run (by their records; no request to them)."""
@@ -243,6 +255,7 @@ class SlurmController:
         daemon = processes.spawn([self.binary("slurmctld"), "-D", "-f", str(self.conf)],
                                  self.run_dir / "slurmctld.json", out, env=self.env(), cwd=self.log_dir)
         self._wait("slurmctld", daemon, self.ping, [out], offset)
+        self._mark_applied()
 
     def _wait(self, name: str, daemon: processes.Daemon, ready, logs: list[Path], offset: int = 0) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
