@@ -147,10 +147,16 @@ def test_update_cluster(pcs):
     assert slurm["scaleDownIdleTimeInSeconds"] == 120
     assert slurm["accounting"] == {"mode": "STANDARD", "defaultPurgeTimeInDays": 30}
     assert slurm["slurmRest"] == {"mode": "STANDARD"}
-    assert "secretArn" in slurm["jwtAuth"]["jwtKey"]
-    assert sorted(e["type"] for e in active["endpoints"]) == ["SLURMCTLD", "SLURMDBD", "SLURMRESTD"]
-    # The controller keeps its endpoint across updates.
-    assert [e for e in active["endpoints"] if e["type"] == "SLURMCTLD"] == cluster["endpoints"]
+    # slurmdbd and slurmrestd do not run yet: no endpoint nothing serves, and the cluster says why.
+    assert "jwtAuth" not in slurm
+    assert active["endpoints"] == cluster["endpoints"]  # SLURMCTLD alone, on the port it had
+    assert [e["code"] for e in active["errorInfo"]] == ["AccountingNotRunning", "SlurmRestNotRunning"]
+    assert "does not run slurmdbd yet" in active["errorInfo"][0]["message"]
+    # Back to NONE, the notices go.
+    pcs.update_cluster(clusterIdentifier=cluster["id"], slurmConfiguration={
+        "accounting": {"mode": "NONE"}, "slurmRest": {"mode": "NONE"}})
+    settled = wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("ACTIVE",))
+    assert "errorInfo" not in settled
 
 
 def test_deleting_resources_refuse_new_work(pcs):

@@ -25,8 +25,10 @@ class Views:
 
     def full(self, resource: Resource) -> dict[str, Any]:
         out = {**resource.spec, **self.summary(resource)}
-        if resource.state.get("errorInfo"):
-            out["errorInfo"] = resource.state["errorInfo"]
+        # What went wrong (errorInfo), then what the resource asks for that openpcs does not do yet (notices).
+        errors = [*resource.state.get("errorInfo", []), *resource.state.get("notices", [])]
+        if errors:
+            out["errorInfo"] = errors
         if resource.kind == ids.CLUSTER:
             out["endpoints"] = resource.state.get("endpoints", [])
             slurm = dict(resource.spec.get("slurmConfiguration", {}))
