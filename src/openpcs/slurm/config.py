@@ -16,9 +16,8 @@ first, then 24.11.5, which every cluster runs now):
 - No partition is Default: PCS queues are peers. A job without -p is then refused at submission ("No
   partition specified or system default partition"). A queue's slurmCustomSettings may say Default=YES.
 - A queue without node groups is a partition without nodes: jobs sent there pend (PartitionConfig).
-- slurmctld refuses to start without a node ("no nodes configured") or without a partition ("No
-  PartitionName information available!"), so a cluster without them gets a placeholder of each: a
-  State=FUTURE node (invisible to sinfo and scontrol) and an INACTIVE partition that refuses jobs.
+- A cluster without node groups or queues has no NodeName or PartitionName line: Slurm 24.11 starts
+  without them (22.05 refused to, and needed placeholders).
 - cgroup.conf holds only the cgroupCustomSettings. TaskPlugin=task/none and proctrack/linuxproc enforce
   nothing with cgroups, but slurmctld and slurmd still parse the file, at start and on reconfigure, and
   die on a key they do not know. `scontrol show config` in 22.05 does not show its values.
@@ -48,10 +47,6 @@ DEFAULT_RESUME_TIMEOUT = 300
 DEFAULT_SUSPEND_TIMEOUT = 30
 # Every node is a local process: a silent slurmd is noticed in half a minute rather than Slurm's five.
 SLURMD_TIMEOUT = 30
-# What a cluster without nodes or without queues renders in their place. No node group's node can be called
-# openpcs-none (theirs end in -<n>), and no PCS queue name can hold "_".
-PLACEHOLDER_NODE = "openpcs-none"
-PLACEHOLDER_PARTITION = "openpcs_none"
 # A node group's own idle time lives in a partition of this prefix (PCS queue names cannot hold "_").
 IDLE_PARTITION_PREFIX = "openpcs_idle_"
 GPU = "gpu"
@@ -376,9 +371,6 @@ def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dic
             if index > static_count:
                 line.append(("State", "CLOUD"))
             out.append(_line(line))
-    if not any(group.max_nodes > 0 for group in spec.node_groups):
-        out.append("# No node groups yet: slurmctld needs a node. A FUTURE node is invisible and takes no jobs.\n")
-        out.append(f"NodeName={PLACEHOLDER_NODE} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=1 State=FUTURE\n")
 
     out.append("\n# Partitions, one per queue. None is the default unless a queue says Default=YES, so a job\n"
                "# without -p is refused.\n")
@@ -390,9 +382,6 @@ def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dic
             defaults.append(("Nodes", compress_hostlist(names)))
         defaults += [("State", "DRAIN" if queue.draining else "UP"), ("MaxTime", "INFINITE")]
         out.append(_line(apply_overrides(defaults, queue.custom_settings, reserved=("PartitionName", "Nodes"))))
-    if not spec.queues:
-        out.append("# No queues yet: slurmctld needs a partition. This one refuses jobs.\n")
-        out.append(f"PartitionName={PLACEHOLDER_PARTITION} State=INACTIVE Hidden=YES\n")
     own_idle = [group for group in spec.node_groups if group.scale_down_idle_seconds is not None and group.max_nodes]
     if own_idle:
         out.append("\n# Node groups with their own scaleDownIdleTimeInSeconds: Slurm sets SuspendTime per partition,\n"
