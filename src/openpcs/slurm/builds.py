@@ -129,8 +129,3 @@ def catalog(mapping: Iterable[str] = ()) -> Catalog:
                              f"(installed: {', '.join(b.version for b in builds) or 'none'})")
         parsed[requested] = target
     return Catalog(builds, parsed)
-
-
-def from_description(described: Mapping[str, Mapping[str, str]]) -> dict[str, SlurmBuild]:
-    """release -> build, from Catalog.describe() as written to server.json (for commands beside serve)."""
-    return {release: SlurmBuild(item["version"], Path(item["prefix"])) for release, item in described.items()}
