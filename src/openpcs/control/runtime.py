@@ -416,6 +416,8 @@ class Runtime:
         try:
             if not was_running:
                 controller.ensure_running()
+                if controller.applied_config() != files:  # it ran, busy, on files older than these
+                    controller.reconfigure()
             elif plan.restart_slurmctld:
                 log.info("cluster %s: restarting slurmctld (%s)", cluster.id, "; ".join(plan.restart_slurmctld))
                 controller.restart_slurmctld()
