@@ -1,11 +1,12 @@
 """Where things live in the data dir: one place that knows the paths, for every process that needs them.
 
     DATA/clusters/<cluster id>/   munge.key, etc/ (slurm.conf ...), state/, run/ (pid files, daemon
-                                  records), ports.json
+                                  records, applied-config.json), ports.json, slurm-build.json
     /run/openpcs/<hash>/          the cluster's munge socket and slurmd spool dirs (short paths: sockets)
     /run/openpcs/ports/<port>     host-wide claim of a TCP port by a cluster (control.ports)
     DATA/instances/<instance id>/ bootstrap.json, the instance's munge key, its daemon record
-    DATA/logs/<cluster id>/       munged, slurmctld and slurmd logs; kept after the cluster is deleted
+    DATA/logs/<cluster id>/       munged, slurmctld and slurmd logs; kept after the cluster is deleted;
+                                  nodes/<node>/, the working dir of a node's slurmd and job steps
 """
 
 from __future__ import annotations
