@@ -520,11 +520,6 @@ def test_no_response_carries_a_stack_trace(server, lax_pcs):
         assert "Traceback" not in text and 'File "' not in text, text
 
 
-@pytest.mark.skip(reason="No legitimate request makes openpcs fail internally; the 500 body is not faked.")
-def test_an_internal_error_has_no_stack_trace():
-    """An InternalServerException is `{"__type", "message"}` with the request id; see api/errors.py."""
-
-
 def test_a_write_waiting_for_the_store_does_not_stall_reads(server, pcs):
     """Another process (or the reconciler) holds the store's write lock: writes wait, reads go on."""
     store = sqlite3.connect(server.data_dir / "openpcs.db", isolation_level=None, timeout=10)
