@@ -184,3 +184,23 @@ def test_a_cluster_of_an_earlier_openpcs_starts_on_the_new_build(tmp_path):
     for pid in daemon_pids(data_dir)["slurmd"]:
         assert os.readlink(f"/proc/{pid}/exe") == f"{BUILD.prefix}/sbin/slurmd"
     assert wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("ACTIVE",))
+
+
+def test_slurmctld_stopped_right_after_a_reconfigure_saves_its_state_and_exits(server):
+    """24.11 re-executes slurmctld on every reconfigure, and a SIGTERM that lands before the new image handles
+    signals is lost (10 of 10 by hand). Stopping repeats it, so slurmctld still shuts down cleanly, saving its
+    state, rather than running on until SIGKILL."""
+    from openpcs import processes
+
+    pcs = server.client()
+    cluster = create_cluster(pcs)
+    run = server.data_dir / "clusters" / cluster["id"] / "run"
+    log = server.data_dir / "logs" / cluster["id"] / "slurmctld.log"
+    daemon = processes.adopt(run / "slurmctld.json")
+    openpcs_exec(server, cluster["id"], "scontrol", "reconfigure")
+    before = log.read_text().count("Saving all slurm state")
+    processes.stop(run / "slurmctld.json", timeout=30)
+    assert not daemon.alive()
+    assert "Terminate signal SIGTERM received" in log.read_text().rsplit("Attempting to reconfigure", 1)[1]
+    assert log.read_text().count("Saving all slurm state") > before
+    pcs.delete_cluster(clusterIdentifier=cluster["id"])

@@ -125,19 +125,36 @@ def kill_working_in(directory: Path) -> None:
             continue
 
 
+# SIGTERM is sent again this often while the daemon lives: Slurm 24.11's daemons re-execute themselves on
+# every reconfigure, and a SIGTERM that arrives before the new image handles signals is lost (measured: a
+# slurmctld stopped just after a reconfigure logged nothing and ran on until SIGKILL).
+TERM_REPEAT_SECONDS = 0.5
+
+
 def terminate(daemon: Daemon, timeout: float = 10.0) -> None:
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        if not daemon.alive():
+    """SIGTERM to the daemon's session, repeated until it exits; SIGKILL after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while daemon.alive() and time.monotonic() < deadline:
+        if not _signal(daemon, signal.SIGTERM):
             break
-        try:
-            os.killpg(daemon.pid, sig)  # its session's group: the daemon leads it (start_new_session)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while daemon.alive() and time.monotonic() < deadline:
+        repeat = min(deadline, time.monotonic() + TERM_REPEAT_SECONDS)
+        while daemon.alive() and time.monotonic() < repeat:
+            _reap()
+            time.sleep(0.02)
+    if daemon.alive() and _signal(daemon, signal.SIGKILL):
+        kill_deadline = time.monotonic() + 5.0
+        while daemon.alive() and time.monotonic() < kill_deadline:
             _reap()
             time.sleep(0.02)
     _reap()
+
+
+def _signal(daemon: Daemon, sig: int) -> bool:
+    try:
+        os.killpg(daemon.pid, sig)  # its session's group: the daemon leads it (start_new_session)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _reap() -> None:
