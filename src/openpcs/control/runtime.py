@@ -31,7 +31,7 @@ from ..providers.local import LocalProvider
 from ..slurm import config as slurm_config
 from ..slurm.builds import Catalog, VersionUnavailable
 from ..slurm.controller import SlurmController
-from ..slurm.nodes import node_is_busy, node_is_up, node_states
+from ..slurm.nodes import POWER_DOWN_BEGUN, POWERING_DOWN, node_flags, node_is_busy, node_is_up, node_states
 from ..store import instances as instance_rows
 from ..store import resources as rows
 from ..store.db import Store
@@ -184,7 +184,7 @@ class Runtime:
         deadline = time.monotonic() + NODES_TIMEOUT_SECONDS
         while True:
             states = self._node_states(cluster)
-            pending = [n for n in names if not {"POWERING_DOWN", "POWERED_DOWN"} & _flags(states, n)]
+            pending = [n for n in names if not POWER_DOWN_BEGUN & _flags(states, n)]
             if not pending:
                 return
             if time.monotonic() > deadline:
@@ -206,11 +206,11 @@ class Runtime:
         flags = {name: _flags(states, name) for name in launching}
         # `resume` also lifts the drain openpcs set when it retired the node (slurmctld may keep it across the
         # reconfigure that makes the node static again).
-        stopping = [name for name, flag in flags.items() if {"POWER_DOWN", "POWERING_DOWN"} & flag
+        stopping = [name for name, flag in flags.items() if POWERING_DOWN & flag
                     or ("DRAIN" in flag and states[name][1].startswith("openpcs:"))]
         if stopping:
             controller.scontrol("update", f"nodename={slurm_config.compress_hostlist(stopping)}", "state=resume")
-        down = [name for name, flag in flags.items() if {"POWER_DOWN", "POWERING_DOWN", "POWERED_DOWN"} & flag]
+        down = [name for name, flag in flags.items() if (POWERING_DOWN | POWER_DOWN_BEGUN) & flag]
         if down:
             controller.scontrol("update", f"nodename={slurm_config.compress_hostlist(down)}", "state=power_up")
             self._powered_up.update({name: time.monotonic() for name in down})
@@ -452,7 +452,7 @@ class Runtime:
         controller.set_aside_state()
 
     def _restart_nodes(self, cluster: Resource, names: tuple[str, ...]) -> None:
-        """Nodes whose CPUs, memory or GRES changed: their slurmd restarts (the agent brings it up again)."""
+        """Nodes whose port or address moved: their slurmd restarts (the agent brings it up again)."""
         if not names:
             return
         with self.store.read() as conn:
@@ -506,8 +506,8 @@ class Runtime:
 
 
 def _flags(states: dict[str, tuple[str, str]], name: str) -> set[str]:
-    """A node's base state and flags ("IDLE+CLOUD+POWERED_DOWN" -> {"IDLE", "CLOUD", "POWERED_DOWN"})."""
-    return set(states.get(name, ("", ""))[0].split("+"))
+    """The flags of a node in `node_states`' answer; none for a node Slurm does not know."""
+    return node_flags(states.get(name, ("", ""))[0])
 
 
 def _node_counts(group: Resource, highest_running: int) -> tuple[int, int]:

@@ -12,6 +12,9 @@ UP_STATES = {"IDLE", "MIXED", "ALLOCATED", "COMPLETING"}
 NOT_UP_FLAGS = {"NOT_RESPONDING", "POWERED_DOWN", "POWERING_UP", "POWERING_DOWN", "DRAIN", "FAIL", "INVALID_REG"}
 # A node in any of these (base or flag) still has a job on it, running or being cleaned up.
 BUSY = {"ALLOCATED", "MIXED", "COMPLETING"}
+# Power saving: asked to power down (POWER_DOWN), on its way (POWERING_DOWN), done (POWERED_DOWN).
+POWERING_DOWN = {"POWER_DOWN", "POWERING_DOWN"}
+POWER_DOWN_BEGUN = {"POWERING_DOWN", "POWERED_DOWN"}
 _NODE_FIELD = re.compile(r"\b(NodeName|State|Reason)=(.*?)(?= \w+=|$)")
 
 
@@ -25,10 +28,15 @@ def node_states(scontrol_show_node: str) -> dict[str, tuple[str, str]]:
     return states
 
 
+def node_flags(state: str) -> set[str]:
+    """A node's base state and flags: "IDLE+CLOUD+POWERED_DOWN" -> {"IDLE", "CLOUD", "POWERED_DOWN"}."""
+    return set(state.split("+"))
+
+
 def node_is_up(state: str) -> bool:
     base, *flags = state.split("+")
     return base in UP_STATES and not NOT_UP_FLAGS.intersection(flags)
 
 
 def node_is_busy(state: str) -> bool:
-    return bool(BUSY.intersection(state.split("+")))
+    return bool(BUSY & node_flags(state))
