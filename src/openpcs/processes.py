@@ -37,11 +37,19 @@ class Daemon:
         return stat is not None and stat[1] == self.start_time and stat[0] != "Z"
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first, then the parent's PID ...), or None if
+    there is no process with this PID."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state, start time) of a process, or None if there is none with this PID."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
+    fields = _stat_fields(pid)
+    if fields is None:
         return None
     return fields[0], int(fields[19])
 
@@ -104,14 +112,15 @@ def kill_working_in(directory: Path) -> None:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        pid = int(entry.name)
+        pid, fields = int(entry.name), _stat_fields(entry.name)
+        if fields is None:
+            continue
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             if os.readlink(entry / "cwd") == str(directory):
                 roots.append(pid)
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(pid)
+        except OSError:
+            pass  # gone, or a zombie: it still counts as a child below
+        parents.setdefault(int(fields[1]), []).append(pid)
     doomed, queue = set(), list(roots)
     while queue:
         pid = queue.pop()
@@ -134,19 +143,17 @@ TERM_REPEAT_SECONDS = 0.5
 def terminate(daemon: Daemon, timeout: float = 10.0) -> None:
     """SIGTERM to the daemon's session, repeated until it exits; SIGKILL after `timeout`."""
     deadline = time.monotonic() + timeout
-    while daemon.alive() and time.monotonic() < deadline:
-        if not _signal(daemon, signal.SIGTERM):
-            break
-        repeat = min(deadline, time.monotonic() + TERM_REPEAT_SECONDS)
-        while daemon.alive() and time.monotonic() < repeat:
-            _reap()
-            time.sleep(0.02)
+    while daemon.alive() and time.monotonic() < deadline and _signal(daemon, signal.SIGTERM):
+        _wait_gone(daemon, min(deadline, time.monotonic() + TERM_REPEAT_SECONDS))
     if daemon.alive() and _signal(daemon, signal.SIGKILL):
-        kill_deadline = time.monotonic() + 5.0
-        while daemon.alive() and time.monotonic() < kill_deadline:
-            _reap()
-            time.sleep(0.02)
+        _wait_gone(daemon, time.monotonic() + 5.0)
     _reap()
+
+
+def _wait_gone(daemon: Daemon, until: float) -> None:
+    while daemon.alive() and time.monotonic() < until:
+        _reap()
+        time.sleep(0.02)
 
 
 def _signal(daemon: Daemon, sig: int) -> bool:
