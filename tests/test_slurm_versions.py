@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 from conftest import OpenPcs, create_cluster, create_node_group, create_queue, error_of, unique, wait_for
-from test_slurm import cluster_with_nodes, openpcs_exec
+from test_slurm import cluster_with_nodes, daemons_of, openpcs_exec
 
 from openpcs.slurm.builds import installed
 
@@ -27,17 +27,14 @@ def openpcs_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProc
 
 
 def daemon_pids(data_dir: Path) -> dict[str, list[int]]:
-    """munged, slurmctld and slurmd processes whose command line names the data dir: program name -> PIDs."""
+    """The processes whose command line names the data dir (daemons_of), by program name -> PIDs."""
     found: dict[str, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in daemons_of(data_dir):
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            program = Path((Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]).decode()).name
         except OSError:
             continue
-        if any(str(data_dir).encode() in arg for arg in argv):
-            found.setdefault(Path(argv[0].decode()).name, []).append(int(entry.name))
+        found.setdefault(program, []).append(pid)
     return found
 
 
