@@ -25,6 +25,7 @@ from openpcs.slurm.config import (
     SlurmPaths,
     apply_overrides,
     compress_hostlist,
+    expand_hostlist,
     gpu_device_files,
     node_names,
     plan_reload,
@@ -37,7 +38,8 @@ ROOT = "/var/lib/openpcs/clusters/pcs_abc1234567"
 PATHS = SlurmPaths(
     conf_dir=f"{ROOT}/etc", state_dir=f"{ROOT}/state", log_dir="/var/lib/openpcs/logs/pcs_abc1234567",
     spool_dir=f"{ROOT}/spool", run_dir=f"{ROOT}/run", munge_socket=f"{ROOT}/run/munge.socket",
-    resume_program="/opt/openpcs/bin/openpcs-resume", suspend_program="/opt/openpcs/bin/openpcs-suspend")
+    resume_program="/opt/openpcs/bin/openpcs-resume", suspend_program="/opt/openpcs/bin/openpcs-suspend",
+    prolog_slurmctld="/opt/openpcs/bin/openpcs-prolog-slurmctld")
 
 
 def group(name: str, static: int, most: int, cpus: int = 4, memory: int = 15360, gres: str | None = None,
@@ -266,3 +268,14 @@ def test_golden_files_exist_for_every_case():
         assert sorted(p.name for p in GOLDEN.iterdir() if p.is_dir()) == sorted(CASES)
         for case in CASES:
             assert re.search(r"^ClusterName=pcs_abc1234567$", (GOLDEN / case / "slurm.conf").read_text(), re.M)
+
+
+@pytest.mark.parametrize("expression, names", [
+    ("cpu-[1-3,5],gpu-1", ["cpu-1", "cpu-2", "cpu-3", "cpu-5", "gpu-1"]),
+    ("big-grp-[7,9-10]", ["big-grp-7", "big-grp-9", "big-grp-10"]),
+    ("a-b-[01-03]", ["a-b-01", "a-b-02", "a-b-03"]),
+    ("solo", ["solo"]),
+])
+def test_expand_hostlist(expression: str, names: list[str]) -> None:
+    assert expand_hostlist(expression) == names
+    assert expand_hostlist(compress_hostlist(names)) == names

@@ -243,3 +243,10 @@ def version(data_dir: Path | None) -> None:
                        f"run {build['version']} (serve --slurm-version-map)")
     releases = sorted(served) if served else sorted({b.release for b in builds})
     click.echo(f"scheduler versions the API accepts: {', '.join(releases) or 'none'}")
+
+
+# Commands of their own module, registered here so that `openpcs --help` lists them with the others.
+from .cli_nodes import events, inject  # noqa: E402 - it imports the options defined above
+
+main.add_command(events)
+main.add_command(inject)

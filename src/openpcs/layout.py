@@ -1,7 +1,8 @@
 """Where things live in the data dir: one place that knows the paths, for every process that needs them.
 
     DATA/clusters/<cluster id>/   munge.key, etc/ (slurm.conf ...), state/, run/ (pid files, daemon
-                                  records, applied-config.json), ports.json, slurm-build.json
+                                  records, applied-config.json, power/ requests), ports.json,
+                                  slurm-build.json, faults.json
     /run/openpcs/<hash>/          the cluster's munge socket and slurmd spool dirs (short paths: sockets)
     /run/openpcs/ports/<port>     host-wide claim of a TCP port by a cluster (control.ports)
     DATA/instances/<instance id>/ bootstrap.json, the instance's munge key, its daemon record
@@ -57,6 +58,19 @@ class DataLayout:
 
     def log_dir(self, cluster_id: str) -> Path:
         return self.data_dir / "logs" / cluster_id
+
+    def faults(self, cluster_id: str) -> Path:
+        """Faults injected into the cluster's launches (`openpcs inject`), read by the local provider."""
+        return self.cluster_dir(cluster_id) / "faults.json"
+
+    def power_requests(self, cluster_id: str) -> Path:
+        """Where slurmctld's ResumeProgram and SuspendProgram leave their requests (slurm.power_hook)."""
+        return self.run_dir(cluster_id) / "power"
+
+    def wake_address(self) -> str:
+        """The abstract unix socket on which the reconciler hears that there is work (a power request): named
+        after the data dir, so that two openpcs on one host never hear each other's."""
+        return "\0openpcs-" + hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
 
     def instance_dir(self, instance_id: str) -> Path:
         return self.data_dir / "instances" / instance_id

@@ -36,6 +36,11 @@ class Daemon:
         stat = _stat(self.pid)
         return stat is not None and stat[1] == self.start_time and stat[0] != "Z"
 
+    def stopped(self) -> bool:
+        """Stopped by a signal (SIGSTOP): alive, but answering nothing."""
+        stat = _stat(self.pid)
+        return stat is not None and stat[1] == self.start_time and stat[0] == "T"
+
 
 def _stat_fields(pid: int | str) -> list[str] | None:
     """The fields of /proc/PID/stat after the command name (state first, then the parent's PID ...), or None if

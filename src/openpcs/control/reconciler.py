@@ -7,17 +7,23 @@ no API write changed the resource meanwhile (its generation); otherwise the next
 A health pass looks after what is settled: an ACTIVE (or UPDATE_FAILED) cluster's munged and slurmctld,
 and each node group's slurmd, are started again if they stopped, whether while the server ran or while it
 was down. What cannot be brought back shows in the ACTIVE resource's errorInfo until it is.
+
+Every pass also acts on Slurm's power-saving requests (control.scaling). slurmctld's ResumeProgram nudges
+the loop through an abstract unix datagram socket named after the data dir, so a job's nodes are launched
+at once rather than at the next idle wake-up.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 
 from sqlalchemy import delete
 
 from ..domain import ids
+from ..providers.base import ProviderError
 from ..store import resources as rows
 from ..store.db import IDEMPOTENCY_WINDOW_SECONDS, Store, idempotency
 from ..store.resources import Resource
@@ -47,8 +53,17 @@ class Reconciler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._nudges = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._listener = threading.Thread(target=self._listen, name="reconciler-nudges", daemon=True)
 
     def start(self) -> None:
+        try:
+            self._nudges.bind(self.runtime.layout.wake_address())
+        except OSError as exc:  # another openpcs on this data dir: it hears the nudges, this one polls
+            log.warning("cannot listen for power-saving requests (%s); looking for them every %.0f s", exc,
+                        IDLE_INTERVAL_SECONDS)
+        else:
+            self._listener.start()
         self._thread.start()
 
     def stop(self) -> None:
@@ -56,6 +71,15 @@ class Reconciler:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        self._nudges.close()  # ends the listener's recv
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._nudges.recv(64)
+            except OSError:
+                return
+            self._wake.set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -65,13 +89,15 @@ class Reconciler:
             self._wake.clear()
             try:
                 progressed = self.run_pass()
+                scaling_after = self.runtime.scaler.run()
                 self._heal()
-                self._purge_idempotency()
+                self._purge()
             except Exception:  # the loop must outlive any one bad pass; the next pass retries
                 log.exception("reconcile pass failed")
-                progressed = False
+                progressed, scaling_after = False, None
             if not progressed:
-                self._wake.wait(min(self._retry_after or IDLE_INTERVAL_SECONDS, IDLE_INTERVAL_SECONDS))
+                self._wake.wait(min(self._retry_after or IDLE_INTERVAL_SECONDS, scaling_after or IDLE_INTERVAL_SECONDS,
+                                    IDLE_INTERVAL_SECONDS))
 
     def run_pass(self) -> bool:
         """One pass over everything in transition; True if any resource moved on."""
@@ -106,7 +132,7 @@ class Reconciler:
         except RuntimePending as pending:
             self._retry_after = min(self._retry_after or pending.retry_after, pending.retry_after)
             return False
-        except RuntimeFailure as failure:
+        except (RuntimeFailure, ProviderError) as failure:
             error = {"code": failure.code, "message": failure.message}
             done = self._record(resource, FAILED[resource.status], {**resource.state, "errorInfo": [error]})
             outcome = FAILED[resource.status]
@@ -142,7 +168,7 @@ class Reconciler:
                 self._heal_failures.pop(resource.id, None)
             except RuntimePending:
                 continue  # e.g. slurmctld starting: the next health pass looks again
-            except RuntimeFailure as failure:
+            except (RuntimeFailure, ProviderError) as failure:
                 error = {"code": failure.code, "message": failure.message}
                 wait = HEAL_BACKOFF_SECONDS[min(failures, len(HEAL_BACKOFF_SECONDS) - 1)]
                 self._heal_failures[resource.id] = (failures + 1, time.monotonic() + wait)
@@ -167,13 +193,15 @@ class Reconciler:
         with self.store.write() as conn:
             return rows.record_outcome(conn, resource, status, state)
 
-    def _purge_idempotency(self) -> None:
+    def _purge(self) -> None:
+        """Forget idempotency records past their window, and events past their retention."""
         if time.monotonic() - self._last_purge < PURGE_INTERVAL_SECONDS:
             return
         self._last_purge = time.monotonic()
         with self.store.write() as conn:
             conn.execute(delete(idempotency).where(
                 idempotency.c.created_at < time.time() - IDEMPOTENCY_WINDOW_SECONDS))
+        self.runtime.events.purge()
 
 
 def _kind(resource: Resource) -> str:

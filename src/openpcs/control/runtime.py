@@ -7,74 +7,91 @@ reports (endpoints, secret references), raises `RuntimePending` while daemons st
 
 A cluster's Slurm configuration is rendered (slurm.config.render, a pure function) from the cluster and
 its queues and node groups, including those being deleted until they have drained (control.draining);
-whenever it changes, slurmctld re-reads it, or restarts if the set of nodes changed (Slurm 22.05 cannot
-add or remove nodes otherwise). Its state is saved on stop, so queued and running jobs carry on.
+whenever it changes, slurmctld re-reads it (slurm.config.plan_reload says when it must restart instead).
+Its state is saved on stop, so queued and running jobs carry on. Node groups' instances are
+control.node_groups' (static nodes) and control.scaling's (power-saving nodes), through control.fleet.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import shlex
 import shutil
-import time
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..api.credentials import AccessKey, delete_keys, insert_key
-from ..domain import ids, instance_types
+from ..domain import ids
 from ..files import write_private
 from ..layout import DataLayout
+from ..providers.base import Bounded
 from ..providers.local import LocalProvider
 from ..slurm import config as slurm_config
 from ..slurm.builds import Catalog, VersionUnavailable
 from ..slurm.controller import SlurmController
-from ..slurm.nodes import POWER_DOWN_BEGUN, POWERING_DOWN, node_flags, node_is_busy, node_is_up, node_states
+from ..slurm.nodes import node_states
 from ..store import instances as instance_rows
 from ..store import resources as rows
 from ..store.db import Store
 from ..store.resources import Resource
 from .draining import DEFAULT_DRAIN_TIMEOUT_SECONDS, DRAIN_POLL_SECONDS, Drains
+from .events import Events
 from .failures import RuntimeFailure, RuntimePending
+from .fleet import Fleet
+from .node_groups import NodeGroups, instance_type, node_index
 from .ports import Ports
+from .scaling import PROTECTED_MODE_COOLDOWN_SECONDS, Scaler
 
 __all__ = ["Runtime", "RuntimeFailure", "RuntimePending"]
 
 log = logging.getLogger("openpcs.runtime")
 
 MUNGE_KEY_BYTES = 1024
-REGISTER_SCOPE = "pcs:RegisterComputeNodeGroupInstance"
-# How long a node group may wait for its nodes before it fails with what Slurm says of them.
-NODES_TIMEOUT_SECONDS = 120.0
-# How often to ask Slurm for the state of nodes coming up: each ask is an RPC that slurmctld answers
-# between the nodes' registrations.
-NODES_POLL_SECONDS = 0.2
-# slurmctld accepts a powered-up node's registration only if it reports a boot after the power_up request,
-# compared at one-second resolution.
-BOOT_AFTER_POWER_UP_SECONDS = 1.1
 
 _POWER_SCRIPT = """#!/bin/sh
-# Written by openpcs. Slurm's power saving calls this for the node group's CLOUD nodes (above
-# minInstanceCount). Launching and stopping them on demand is not implemented yet: the request is logged.
-echo "$(date -u +%FT%TZ) {action} $*" >> {log}
+# Written by openpcs. slurmctld runs this as its {setting} with the nodes it wants {what}: the request goes
+# to openpcs's control plane, which {does} their instances (openpcs.slurm.power_hook, control.scaling).
+exec {python} -m openpcs.slurm.power_hook {requests} {wake} {action} "$@"
+"""
+
+_PROLOG_SCRIPT = """#!/bin/sh
+# Written by openpcs: slurmctld's PrologSlurmctld. A batch job given nodes that are powering up waits in
+# CONFIGURING for a check slurmctld makes every 30 s, or until this script ends. So: end as soon as none of
+# the job's nodes is powering up, or the job has left them (requeued after a launch failure, cancelled).
+# Always exit 0: a failing PrologSlurmctld would requeue the job.
+export SLURM_CONF={conf}
+PATH=/usr/bin:/bin
+deadline=$(( $(date +%s) + {timeout} ))
+while [ "$(date +%s)" -lt "$deadline" ]; do
+    states=$({sinfo} -h -N -n "$SLURM_JOB_NODELIST" -o %t 2>/dev/null) || exit 0
+    case "$states" in *'#'*|*'~'*) ;; *) exit 0 ;; esac
+    [ "$({squeue} -h -j "$SLURM_JOB_ID" -o %T 2>/dev/null)" = CONFIGURING ] || exit 0
+    sleep 0.2
+done
+exit 0
 """
 
 
 class Runtime:
     def __init__(self, data_dir: Path, store: Store, region: str, account: str, api_url: str, slurm: Catalog,
-                 drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS) -> None:
+                 drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS,
+                 protected_mode_cooldown: float = PROTECTED_MODE_COOLDOWN_SECONDS) -> None:
         self.data_dir, self.store, self.slurm = data_dir, store, slurm
         self.region, self.account, self.api_url = region, account, api_url
         self.layout = DataLayout(data_dir)
-        self.provider = LocalProvider(self.layout)
-        self._waiting_since: dict[str, float] = {}
+        self.local = LocalProvider(self.layout)
+        self.events = Events(store)
+        self.fleet = Fleet(self.layout, store, Bounded(self.local), self.events, api_url, region)
         self.drains = Drains(drain_timeout)
         self._synced: dict[str, tuple] = {}  # cluster id -> what its running configuration was rendered from
-        self._powered_up: dict[str, float] = {}  # node name -> when power_up was asked for it
+        self.node_groups = NodeGroups(self)
+        self.scaler = Scaler(self, protected_mode_cooldown)
 
-    def _controller(self, cluster: Resource, *, stopping: bool = False) -> SlurmController:
+    def controller(self, cluster: Resource, *, stopping: bool = False) -> SlurmController:
         """The cluster's Slurm, run by the build of the version it asked for. A cluster being taken down needs
         no build (its daemons stop by PID)."""
         try:
@@ -105,7 +122,7 @@ class Runtime:
         self._guard("prepare the cluster's directory and secret", prepare)
         ports = Ports(self.layout, cluster.id)
         port = ports.daemon("slurmctld")
-        self._sync_config(cluster)
+        self.sync_config(cluster)
         state = dict(cluster.state)
         state.pop("errorInfo", None)
         state.setdefault("authKey", {
@@ -131,257 +148,66 @@ class Runtime:
     def heal_cluster(self, cluster: Resource) -> None:
         """Start an ACTIVE cluster's munged or slurmctld again if it has stopped (crashed, killed, the host
         restarted); RuntimeFailure with Slurm's words if it will not start."""
-        controller = self._controller(cluster)
+        controller = self.controller(cluster)
         if controller.build_changed():  # its daemons (which outlive the server) are an earlier openpcs's
-            self._sync_config(cluster)
+            self.sync_config(cluster)
         elif not controller.daemons_alive():
             log.warning("cluster %s: its munged or slurmctld had stopped; starting it again", cluster.id)
             controller.ensure_running()
 
     def remove_cluster(self, cluster: Resource) -> None:
         with self.store.read() as conn:
-            groups = rows.children(conn, cluster.id, ids.NODE_GROUP)
-        for group in groups:  # none, normally: a cluster with node groups cannot be deleted
-            self._terminate_instances(group)
-        self._controller(cluster, stopping=True).stop()
+            leftover = instance_rows.of_cluster(conn, cluster.id)  # none, normally: node groups go first
+        self.fleet.terminate(cluster, leftover, "its cluster is being deleted")
+        self.controller(cluster, stopping=True).stop()
         self._synced.pop(cluster.id, None)
         Ports(self.layout, cluster.id).release()
         for directory in (self.layout.socket_dir(cluster.id), self.layout.cluster_dir(cluster.id)):
             self._guard("remove the cluster's files",
                         lambda d=directory: shutil.rmtree(d) if d.exists() else None)
 
-    # -- compute node groups ----------------------------------------------------------------------
+    # -- compute node groups (control.node_groups) ----------------------------------------------------------
 
     def converge_node_group(self, cluster: Resource, group: Resource) -> dict[str, Any]:
-        """Nodes defined in Slurm up to maxInstanceCount; minInstanceCount of them launched and IDLE."""
-        _instance_type(group)  # refuse an unknown type before anything starts
-        wanted = group.spec["scalingConfiguration"]["minInstanceCount"]
-        with self.store.read() as conn:
-            current = _by_index(instance_rows.of_node_group(conn, group.id))
-        surplus = current[wanted:]
-        self._retire(cluster, group, surplus, f"minInstanceCount lowered to {wanted}")
-        self._sync_config(cluster)
-        if surplus:
-            # Retired nodes below maxInstanceCount stay defined, as power-saving nodes now: powered down (which
-            # also lifts their drain), as Slurm would leave a dynamic node it had stopped.
-            kept = [i.node_name for i in surplus
-                    if _node_index(i.node_name) <= group.spec["scalingConfiguration"]["maxInstanceCount"]]
-            if kept:
-                self._power_down(cluster, kept)
-        issued = self._issue_instances(cluster, group, wanted)
-        self._power_up(cluster, issued)
-        self._launch_absent(cluster, issued)
-        self._wait_for_nodes(cluster, group, [i.node_name for i in issued])
-        state = dict(group.state)
-        state.pop("errorInfo", None)
-        return state
-
-    def _power_down(self, cluster: Resource, names: list[str]) -> None:
-        """Power down nodes whose instances are gone, and wait until Slurm has begun to: it does so in a thread
-        of its own, and a power-down still pending when the group is ACTIVE could stop a node raised again."""
-        hostlist = slurm_config.compress_hostlist(names)
-        self._controller(cluster).scontrol("update", f"nodename={hostlist}", "state=power_down_force")
-        deadline = time.monotonic() + NODES_TIMEOUT_SECONDS
-        while True:
-            states = self._node_states(cluster)
-            pending = [n for n in names if not POWER_DOWN_BEGUN & _flags(states, n)]
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeFailure("NodesNotPoweredDown", f"Slurm did not power down {hostlist} within "
-                                                            f"{NODES_TIMEOUT_SECONDS:.0f} s")
-            time.sleep(NODES_POLL_SECONDS)
-
-    def _power_up(self, cluster: Resource, instances: list[instance_rows.Instance]) -> None:
-        """Static nodes about to launch that Slurm has powered down, or is powering down (minInstanceCount
-        lowered, then raised again), ignore a slurmd that registers: Slurm wants them powered up, then a
-        registration that reports a boot after that request (seconds resolution). So: end a power-down
-        (`resume`), ask for `power_up`, and hold their launch (RuntimePending) until a second has passed; the
-        agent reports a new instance's first slurmd start as a boot."""
-        launching = [i.node_name for i in instances if self.provider.status(i.id)[0] == "absent"]
-        if not launching:
-            return
-        controller = self._controller(cluster)
-        states = self._node_states(cluster)
-        flags = {name: _flags(states, name) for name in launching}
-        # `resume` also lifts the drain openpcs set when it retired the node (slurmctld may keep it across the
-        # reconfigure that makes the node static again).
-        stopping = [name for name, flag in flags.items() if POWERING_DOWN & flag
-                    or ("DRAIN" in flag and states[name][1].startswith("openpcs:"))]
-        if stopping:
-            controller.scontrol("update", f"nodename={slurm_config.compress_hostlist(stopping)}", "state=resume")
-        down = [name for name, flag in flags.items() if (POWERING_DOWN | POWER_DOWN_BEGUN) & flag]
-        if down:
-            controller.scontrol("update", f"nodename={slurm_config.compress_hostlist(down)}", "state=power_up")
-            self._powered_up.update({name: time.monotonic() for name in down})
-        waiting = [name for name in launching
-                   if time.monotonic() - self._powered_up.get(name, float("-inf")) < BOOT_AFTER_POWER_UP_SECONDS]
-        if waiting:
-            raise RuntimePending(retry_after=BOOT_AFTER_POWER_UP_SECONDS)
-        for name in launching:
-            self._powered_up.pop(name, None)
+        return self.node_groups.converge(cluster, group)
 
     def heal_node_group(self, cluster: Resource, group: Resource) -> None:
-        """Launch again the instances of an ACTIVE group whose slurmd has stopped (crashed, killed, the host
-        restarted); RuntimeFailure names those that cannot come back."""
-        with self.store.read() as conn:
-            issued = instance_rows.of_node_group(conn, group.id)
-        self._launch_absent(cluster, issued, lost=True)
-
-    def _launch_absent(self, cluster: Resource, instances: list[instance_rows.Instance], lost: bool = False) -> None:
-        """Have the provider launch the instances it does not run. One that failed to come up is set DOWN in
-        Slurm with the reason and raised as NodeRegistrationFailed; the next look tries it again."""
-        to_launch, failed = [], []
-        for instance in instances:
-            status, detail = self.provider.status(instance.id)
-            if status == "absent":
-                to_launch.append(instance)
-            elif status == "failed":
-                failed.append((instance, detail))
-        if lost and to_launch:
-            log.warning("cluster %s: %s had stopped; launching again", cluster.id,
-                        slurm_config.compress_hostlist([i.node_name for i in to_launch]))
-        self.provider.launch([i.id for i in to_launch], self.layout.log_dir(cluster.id) / "agent.log")
-        if failed:
-            controller = self._controller(cluster)
-            for instance, detail in failed:
-                reason = f"openpcs: {detail}"[:200].replace('"', "'")
-                controller.scontrol("update", f"nodename={instance.node_name}", "state=down", f"reason={reason}")
-                self.provider.relaunch(instance.id)
-            raise RuntimeFailure("NodeRegistrationFailed", "; ".join(
-                f"{instance.node_name} ({instance.id}): {detail}" for instance, detail in failed))
-
-    def _issue_instances(self, cluster: Resource, group: Resource, wanted: int) -> list[instance_rows.Instance]:
-        """Have `wanted` instances recorded, named <group name>-<n> with the lowest free n, each with its
-        bootstrap data and a key that may only register (surplus ones were retired before)."""
-        written: list[str] = []
-        try:
-            with self.store.write() as conn:
-                keep = _by_index(instance_rows.of_node_group(conn, group.id))[:wanted]
-                used = {_node_index(i.node_name) for i in keep}
-                free = (n for n in range(1, wanted + len(keep) + 2) if n not in used)
-                for _ in range(wanted - len(keep)):
-                    key = insert_key(conn, f"node group {group.id} instance", scope=REGISTER_SCOPE)
-                    instance, bootstrap_id = instance_rows.launch(conn, cluster.id, group.id,
-                                                                  f"{group.name}-{next(free)}", key.access_key_id)
-                    written.append(instance.id)
-                    self._guard("write the instance's bootstrap data",
-                                lambda i=instance, b=bootstrap_id, k=key: self._write_bootstrap(cluster, i, b, k))
-                    keep.append(instance)
-        except BaseException:
-            # The transaction rolled back: take back the files of instances that were never recorded.
-            for instance_id in written:
-                shutil.rmtree(self.layout.instance_dir(instance_id), ignore_errors=True)
-            raise
-        return keep
-
-    def _write_bootstrap(self, cluster: Resource, instance: instance_rows.Instance, bootstrap_id: str,
-                         key: AccessKey) -> None:
-        data = {"instanceId": instance.id, "clusterIdentifier": cluster.id, "bootstrapId": bootstrap_id,
-                "endpointUrl": self.api_url, "region": self.region, "accessKeyId": key.access_key_id,
-                "secretAccessKey": key.secret_access_key, "slurmConf": str(self.layout.slurm_conf(cluster.id)),
-                "slurmd": self._controller(cluster).binary("slurmd"),
-                "logDir": str(self.layout.log_dir(cluster.id)),
-                "spoolDir": str(self.layout.spool_dir(cluster.id))}
-        write_private(self.layout.instance_dir(instance.id) / "bootstrap.json", orjson.dumps(data))
-
-    def _wait_for_nodes(self, cluster: Resource, group: Resource, names: list[str]) -> None:
-        if not names:
-            return
-        states = self._node_states(cluster)
-        down = [n for n in names if not node_is_up(states.get(n, ("UNKNOWN", ""))[0])]
-        if not down:
-            self._waiting_since.pop(group.id, None)
-            return
-        since = self._waiting_since.setdefault(group.id, time.monotonic())
-        if time.monotonic() - since < NODES_TIMEOUT_SECONDS:
-            raise RuntimePending(retry_after=NODES_POLL_SECONDS)
-        self._waiting_since.pop(group.id, None)
-        raise RuntimeFailure("NodesNotReady", f"{len(down)} of {len(names)} nodes did not come up within "
-                                              f"{NODES_TIMEOUT_SECONDS:.0f} s: " + "; ".join(
-                                                  f"{n} is {states.get(n, ('UNKNOWN', ''))[0]}"
-                                                  + (f" ({states[n][1]})" if states.get(n, ('', ''))[1] else "")
-                                                  for n in down[:5]))
-
-    def _node_states(self, cluster: Resource) -> dict[str, tuple[str, str]]:
-        """node name -> (state, reason), from scontrol: sinfo would not show nodes that are in no partition."""
-        return node_states(self._controller(cluster).scontrol("-o", "show", "node"))
+        self.node_groups.heal(cluster, group)
 
     def remove_node_group(self, cluster: Resource, group: Resource) -> None:
-        with self.store.read() as conn:
-            issued = instance_rows.of_node_group(conn, group.id)
-        self._retire(cluster, group, issued, "its node group is being deleted")
-        self._waiting_since.pop(group.id, None)
-        self._sync_config(cluster)  # the group has no instances left: its nodes leave the configuration
+        self.node_groups.remove(cluster, group)
 
-    def _retire(self, cluster: Resource, group: Resource, instances: list[instance_rows.Instance],
-                why: str) -> None:
-        """Take instances away without killing a job: drain their nodes and wait for their jobs to end
-        (RuntimePending meanwhile), then terminate them."""
-        if not instances:
-            self.drains.done(group.id)
-            return
-        controller = self._controller(cluster, stopping=True)
-        names = [i.node_name for i in instances]
-        hostlist = slurm_config.compress_hostlist(names)
-        if controller.running():
-            if not self.drains.started(group.id):
-                known = node_states(controller.scontrol("-o", "show", "node"))
-                defined = [n for n in names if n in known]  # a node Slurm does not know has no job to drain
-                if defined:
-                    controller.scontrol("update", f"nodename={slurm_config.compress_hostlist(defined)}",
-                                        "state=drain", f"reason=openpcs: {why}")
-                    log.info("%s: draining %s (%s)", group.id, hostlist, why)
+    def node_states(self, cluster: Resource) -> dict[str, tuple[str, str]]:
+        """node name -> (state, reason), from scontrol: sinfo would not show nodes that are in no partition."""
+        return node_states(self.controller(cluster).scontrol("-o", "show", "node"))
 
-            def busy_nodes() -> list[str]:
-                states = node_states(controller.scontrol("-o", "show", "node"))
-                return [n for n in names if node_is_busy(states.get(n, ("", ""))[0])]
-
-            def cancel(busy: list[str]) -> None:
-                controller.run("scancel", f"--nodelist={slurm_config.compress_hostlist(busy)}")
-
-            if self.drains.busy(group.id, f"nodes {hostlist} of {group.id}", busy_nodes, cancel):
-                raise RuntimePending(retry_after=DRAIN_POLL_SECONDS)
-        self.drains.done(group.id)
-        self._terminate(instances)
-
-    def _terminate_instances(self, group: Resource) -> None:
-        with self.store.read() as conn:
-            issued = instance_rows.of_node_group(conn, group.id)
-        self._terminate(issued)
-
-    def _terminate(self, instances: list[instance_rows.Instance]) -> None:
-        """Stop the instances' daemons, then forget them, their keys and their files."""
-        for instance in instances:
-            self.provider.terminate(instance.id)
-        if instances:
-            with self.store.write() as conn:
-                delete_keys(conn, [i.access_key_id for i in instances if i.access_key_id])
-                instance_rows.terminate(conn, [i.id for i in instances])
+    def slurmd(self, cluster: Resource) -> str:
+        """The slurmd of the cluster's Slurm build, for its instances' bootstrap data."""
+        return self.controller(cluster).binary("slurmd")
 
     # -- queues -----------------------------------------------------------------------------------
 
     def converge_queue(self, cluster: Resource, queue: Resource) -> dict[str, Any]:
-        self._sync_config(cluster)
+        self.sync_config(cluster)
         state = dict(queue.state)
         state.pop("errorInfo", None)
         return state
 
     def remove_queue(self, cluster: Resource, queue: Resource) -> None:
         """Drain the partition (rendered State=DRAIN while the queue is DELETING), wait for its jobs, drop it."""
-        self._sync_config(cluster)
-        controller = self._controller(cluster)
+        self.sync_config(cluster)
+        controller = self.controller(cluster)
         if controller.running() and self.drains.busy(
                 queue.id, f"queue {queue.name} ({queue.id})",
                 lambda: controller.run("squeue", "--noheader", f"--partition={queue.name}", "--format=%i").split(),
                 lambda _jobs: controller.run("scancel", f"--partition={queue.name}")):
             raise RuntimePending(retry_after=DRAIN_POLL_SECONDS)
         self.drains.done(queue.id)
-        self._sync_config(cluster, removing=queue.id)
+        self.sync_config(cluster, removing=queue.id)
 
     # -- the cluster's Slurm --------------------------------------------------------------------
 
-    def _sync_config(self, cluster: Resource, removing: str | None = None) -> None:
+    def sync_config(self, cluster: Resource, removing: str | None = None) -> None:
         """Render the cluster's configuration from the store, write it, and have Slurm run by it."""
         with self.store.read() as conn:
             cluster = rows.by_id(conn, cluster.id) or cluster
@@ -395,7 +221,7 @@ class Runtime:
         # there is nothing to do (a node group waiting for its nodes or its drain asks again and again).
         inputs = (cluster.generation, removing, tuple(sorted(highest.items())),
                   tuple((r.id, r.generation, r.status) for r in children))
-        controller = self._controller(cluster)
+        controller = self.controller(cluster)
         if self._synced.get(cluster.id) == inputs and controller.daemons_alive():
             return
         self._synced.pop(cluster.id, None)
@@ -442,8 +268,8 @@ class Runtime:
                     (controller.recorded_build() or {}).get("version", "22.05.8"), controller.build.version)
         with self.store.read() as conn:
             instances = instance_rows.of_cluster(conn, cluster.id)
+        self.fleet.stop(instances)
         for instance in instances:
-            self.provider.stop(instance.id)
             bootstrap = self.layout.instance_dir(instance.id) / "bootstrap.json"
             if bootstrap.exists():
                 data = orjson.loads(bootstrap.read_bytes())
@@ -458,9 +284,8 @@ class Runtime:
         with self.store.read() as conn:
             instances = [i for g in rows.children(conn, cluster.id, ids.NODE_GROUP)
                          for i in instance_rows.of_node_group(conn, g.id) if i.node_name in names]
-        for instance in instances:
-            self.provider.stop(instance.id)
-        self.provider.launch([i.id for i in instances], self.layout.log_dir(cluster.id) / "agent.log")
+        self.fleet.stop(instances)
+        self.fleet.start_again(cluster, instances)
 
     def _cluster_spec(self, cluster: Resource, groups: list[Resource], queues: list[Resource],
                       highest: dict[str, int]) -> slurm_config.ClusterSpec:
@@ -478,7 +303,8 @@ class Runtime:
             log_dir=str(self.layout.log_dir(cluster.id)), spool_dir=str(self.layout.spool_dir(cluster.id)),
             run_dir=str(run), munge_socket=str(self.layout.munge_socket(cluster.id)),
             resume_program=str(self._power_script(cluster, "resume")),
-            suspend_program=str(self._power_script(cluster, "suspend")))
+            suspend_program=str(self._power_script(cluster, "suspend")),
+            prolog_slurmctld=str(self._prolog_script(cluster)))
         return slurm_config.ClusterSpec(
             cluster_name=cluster.id, controller_port=ports.daemon("slurmctld"),
             scale_down_idle_seconds=slurm["scaleDownIdleTimeInSeconds"],
@@ -497,17 +323,28 @@ class Runtime:
             paths=paths)
 
     def _power_script(self, cluster: Resource, action: str) -> Path:
-        path = self.layout.conf_dir(cluster.id) / f"{action}.sh"
-        content = _POWER_SCRIPT.format(action=action, log=self.layout.log_dir(cluster.id) / "power.log").encode()
+        setting, what, does = {"resume": ("ResumeProgram", "powered up", "launches"),
+                               "suspend": ("SuspendProgram", "powered down", "terminates")}[action]
+        return self._script(cluster, f"{action}.sh", _POWER_SCRIPT.format(
+            setting=setting, what=what, does=does, python=shlex.quote(sys.executable),
+            requests=shlex.quote(str(self.layout.power_requests(cluster.id))),
+            wake=shlex.quote(self.layout.wake_address().replace("\0", "@", 1)), action=action))
+
+    def _prolog_script(self, cluster: Resource) -> Path:
+        controller = self.controller(cluster)
+        return self._script(cluster, "prolog-slurmctld.sh", _PROLOG_SCRIPT.format(
+            conf=shlex.quote(str(self.layout.slurm_conf(cluster.id))), timeout=slurm_config.DEFAULT_RESUME_TIMEOUT,
+            sinfo=shlex.quote(controller.binary("sinfo")), squeue=shlex.quote(controller.binary("squeue"))))
+
+    def _script(self, cluster: Resource, name: str, text: str) -> Path:
+        path = self.layout.conf_dir(cluster.id) / name
+        content = text.encode()
         if not path.exists() or path.read_bytes() != content:
             write_private(path, content)
             path.chmod(0o700)
         return path
 
 
-def _flags(states: dict[str, tuple[str, str]], name: str) -> set[str]:
-    """The flags of a node in `node_states`' answer; none for a node Slurm does not know."""
-    return node_flags(states.get(name, ("", ""))[0])
 
 
 def _node_counts(group: Resource, highest_running: int) -> tuple[int, int]:
@@ -519,7 +356,7 @@ def _node_counts(group: Resource, highest_running: int) -> tuple[int, int]:
 
 def _node_group_spec(group: Resource, static_nodes: int, max_nodes: int,
                      ports: dict[str, int]) -> slurm_config.NodeGroupSpec:
-    itype = _instance_type(group)
+    itype = instance_type(group)
     slurm = group.spec.get("slurmConfiguration", {})
     idle = slurm.get("scaleDownIdleTimeInSeconds")
     return slurm_config.NodeGroupSpec(
@@ -540,29 +377,17 @@ def _gpu_devices(spec: slurm_config.ClusterSpec) -> None:
             device.symlink_to("/dev/null")
 
 
-def _instance_type(group: Resource) -> instance_types.InstanceType:
-    """The one size of the group's nodes, whichever of its instance types each lands on."""
-    try:
-        return instance_types.node_size([config["instanceType"] for config in group.spec["instanceConfigs"]])
-    except ValueError as exc:  # the API refuses such groups; one stored by an older version may remain
-        raise RuntimeFailure("UnsupportedInstanceTypes", str(exc)) from exc
 
 
 def _settings(items: list[dict[str, str]] | None) -> tuple[tuple[str, str], ...]:
     return tuple((s["parameterName"], s["parameterValue"]) for s in items or [])
 
 
-def _node_index(node_name: str) -> int:
-    return int(node_name.rsplit("-", 1)[1])
-
-
-def _by_index(instances: list[instance_rows.Instance]) -> list[instance_rows.Instance]:
-    return sorted(instances, key=lambda i: _node_index(i.node_name))
 
 
 def _highest_nodes(instances: list[instance_rows.Instance]) -> dict[str, int]:
     """node group id -> the highest node number among its instances (groups without instances are absent)."""
     highest: dict[str, int] = {}
     for instance in instances:
-        highest[instance.node_group_id] = max(highest.get(instance.node_group_id, 0), _node_index(instance.node_name))
+        highest[instance.node_group_id] = max(highest.get(instance.node_group_id, 0), node_index(instance.node_name))
     return highest

@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 from ..api.errors import access_denied, conflict, field_error, not_found
 from ..api.pagination import PageTokens
 from ..domain import ids, rules
+from ..store import events as event_rows
 from ..store import instances as instance_rows
 from ..store import resources as rows
 from ..store.resources import Resource
@@ -250,6 +251,8 @@ class PcsHandlers:
         if secret is None:
             raise refused
         instance_rows.mark_registered(conn, instance)
+        event_rows.record(conn, cluster.id, event_rows.REGISTERED, "RegisterComputeNodeGroupInstance",
+                          node_group_id=instance.node_group_id, node=instance.node_name, instance_id=instance.id)
         return {"nodeID": instance.node_name, "sharedSecret": base64.b64encode(secret).decode(),
                 "endpoints": cluster.state.get("endpoints", [])}
 

@@ -1,25 +1,43 @@
 """The local provider: each instance is a slurmd on this host, brought up by the node agent.
 
-A launch starts one agent (openpcs.agent) for the batch, in its own session; the agent registers each
-instance through the API and starts its slurmd, which then lives on its own (recorded by PID and start
-time in the instance's directory), so neither survives nor needs `openpcs serve`. Instances are
-oversubscribed: their CPUs and memory are their instance type's, not a share of this host's.
+A launch writes each new instance's bootstrap.json (0600) and starts one agent (openpcs.agent) for the
+batch, in its own session; the agent registers each instance through the API and starts its slurmd, which
+then lives on its own (recorded by PID and start time in the instance's directory), so neither survives nor
+needs `openpcs serve`. Instances are oversubscribed: their CPUs and memory are their instance type's, not a
+share of this host's.
+
+Faults for tests and rehearsals (`openpcs inject`) act here as they would on real hosts: an instance that
+dies (its processes killed, the instance gone), one that stops answering (its slurmd stopped with SIGSTOP:
+impaired), one that fails its health checks, and launches a node group's next launches refuse with an
+error code, as EC2 refuses RunInstances.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
+import signal
 import sys
 import time
 import uuid
+from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
+
 from .. import processes
+from ..files import write_private
 from ..layout import DataLayout
+from .base import FAILED, GONE, IMPAIRED, PENDING, RUNNING, STOPPED, InstanceStatus, LaunchRequest
 
 # An agent that has not taken an instance's lock this long after its launch is presumed lost.
 AGENT_GRACE_SECONDS = 30.0
+# Markers in an instance's directory.
+DEAD = "dead"            # the instance died: it never runs again
+UNHEALTHY = "unhealthy"  # its health checks fail
+FAILURE = "failure.txt"  # why its bootstrap failed (written by the agent)
 
 
 class LocalProvider:
@@ -28,48 +46,135 @@ class LocalProvider:
         self.agents = layout.data_dir / "agents"  # one record per running agent, for stopping it by PID
         self._launched: dict[str, float] = {}
 
-    def launch(self, instance_ids: list[str], log: Path) -> None:
-        """Start an agent for these instances (their bootstrap.json is written)."""
-        if not instance_ids:
-            return
-        directories = [str(self.layout.instance_dir(i)) for i in instance_ids]
-        # Run in the log dir, as slurmd and its slurmstepd (which inherit it) do: a core dump lands there.
-        processes.spawn([sys.executable, "-m", "openpcs.agent", *directories],
-                        self.agents / f"{uuid.uuid4().hex}.json", log, cwd=log.parent)
+    # -- the Provider interface ------------------------------------------------------------------------------
+
+    def launch(self, requests: Sequence[LaunchRequest]) -> dict[str, str]:
+        refused = self._injected_launch_failures(requests)
+        by_cluster: dict[str, list[str]] = {}
+        for request in requests:
+            if request.instance_id in refused:
+                continue
+            directory = self.layout.instance_dir(request.instance_id)
+            if request.bootstrap is not None:
+                write_private(directory / "bootstrap.json", orjson.dumps(dict(request.bootstrap)))
+            elif (directory / DEAD).exists() or not (directory / "bootstrap.json").exists():
+                refused[request.instance_id] = "InstanceTerminated"
+                continue
+            (directory / FAILURE).unlink(missing_ok=True)  # a launch tries again
+            by_cluster.setdefault(request.cluster_id, []).append(str(directory))
+        for cluster_id, directories in by_cluster.items():
+            log = self.layout.log_dir(cluster_id) / "agent.log"
+            # Run in the log dir, as slurmd and its slurmstepd (which inherit it) do: a core dump lands there.
+            processes.spawn([sys.executable, "-m", "openpcs.agent", *directories],
+                            self.agents / f"{uuid.uuid4().hex}.json", log, cwd=log.parent)
         now = time.monotonic()
-        self._launched.update({instance_id: now for instance_id in instance_ids})
+        self._launched.update({r.instance_id: now for r in requests if r.instance_id not in refused})
+        return refused
 
-    def status(self, instance_id: str) -> tuple[str, str]:
-        """("running" | "starting" | "failed" | "absent", detail)."""
+    def describe(self, instance_ids: Sequence[str]) -> dict[str, InstanceStatus]:
+        agents_running = None
+        answer = {}
+        for instance_id in instance_ids:
+            directory = self.layout.instance_dir(instance_id)
+            if not directory.exists() or (directory / DEAD).exists():
+                answer[instance_id] = InstanceStatus(GONE, "the instance no longer exists")
+                continue
+            slurmd = processes.adopt(directory / "slurmd.json")
+            if slurmd is not None:
+                if slurmd.stopped():
+                    answer[instance_id] = InstanceStatus(IMPAIRED, "its slurmd does not answer (stopped)")
+                elif (directory / UNHEALTHY).exists():
+                    answer[instance_id] = InstanceStatus(IMPAIRED, "it failed its health checks")
+                else:
+                    answer[instance_id] = InstanceStatus(RUNNING)
+                continue
+            failure = directory / FAILURE
+            if failure.exists():
+                answer[instance_id] = InstanceStatus(FAILED, failure.read_text(errors="replace").strip(),
+                                                     "BootstrapFailure")
+                continue
+            if _locked(directory / "agent.lock"):
+                answer[instance_id] = InstanceStatus(PENDING)
+                continue
+            launched = self._launched.get(instance_id)
+            if launched is not None and time.monotonic() - launched < AGENT_GRACE_SECONDS:
+                if agents_running is None:
+                    agents_running = any([processes.adopt(r) is not None for r in self.agents.glob("*.json")])
+                if agents_running:
+                    answer[instance_id] = InstanceStatus(PENDING)
+                    continue
+            answer[instance_id] = InstanceStatus(STOPPED, "its slurmd does not run")
+        return answer
+
+    def stop(self, instance_ids: Sequence[str]) -> None:
+        for instance_id in instance_ids:
+            processes.stop(self.layout.instance_dir(instance_id) / "slurmd.json")
+
+    def terminate(self, instance_ids: Sequence[str]) -> None:
+        for instance_id in instance_ids:
+            directory = self.layout.instance_dir(instance_id)
+            self._continue(directory)  # a stopped process would not see SIGTERM
+            processes.stop(directory / "slurmd.json")
+            shutil.rmtree(directory, ignore_errors=True)
+            self._launched.pop(instance_id, None)
+
+    # -- faults ----------------------------------------------------------------------------------------------
+
+    def kill(self, instance_id: str) -> None:
+        """The instance dies: its processes are killed at once and it never runs again."""
         directory = self.layout.instance_dir(instance_id)
-        if processes.adopt(directory / "slurmd.json") is not None:
-            return "running", ""
-        failure = directory / "failure.txt"
-        if failure.exists():
-            return "failed", failure.read_text(errors="replace").strip()
-        if _locked(directory / "agent.lock"):
-            return "starting", ""
-        launched = self._launched.get(instance_id)
-        if launched is not None and time.monotonic() - launched < AGENT_GRACE_SECONDS and self._agents_running():
-            return "starting", ""
-        return "absent", ""
+        (directory / DEAD).touch()
+        self._continue(directory)
+        processes.stop(directory / "slurmd.json", timeout=0)
 
-    def _agents_running(self) -> bool:
-        return any([processes.adopt(record) is not None for record in self.agents.glob("*.json")])
+    def freeze(self, instance_id: str) -> None:
+        """The instance stops answering: its slurmd is stopped (SIGSTOP), as a hung host would be."""
+        daemon = processes.adopt(self.layout.instance_dir(instance_id) / "slurmd.json")
+        if daemon is None:
+            raise LookupError("its slurmd does not run")
+        os.kill(daemon.pid, signal.SIGSTOP)
 
-    def relaunch(self, instance_id: str) -> None:
-        """Forget a failure so that the next launch tries again."""
-        (self.layout.instance_dir(instance_id) / "failure.txt").unlink(missing_ok=True)
+    def make_unhealthy(self, instance_id: str) -> None:
+        """The instance fails its health checks from now on."""
+        (self.layout.instance_dir(instance_id) / UNHEALTHY).touch()
 
-    def stop(self, instance_id: str) -> None:
-        """Stop the instance's slurmd and keep the instance: a launch brings it up again."""
-        processes.stop(self.layout.instance_dir(instance_id) / "slurmd.json")
+    def inject_launch_failures(self, cluster_id: str, node_group_id: str, code: str, times: int) -> None:
+        """The node group's next `times` launches are refused with `code`."""
+        with self._faults(cluster_id) as faults:
+            faults.setdefault("launchFailures", {})[node_group_id] = {"code": code, "remaining": times}
 
-    def terminate(self, instance_id: str) -> None:
-        directory = self.layout.instance_dir(instance_id)
-        processes.stop(directory / "slurmd.json")
-        shutil.rmtree(directory, ignore_errors=True)
-        self._launched.pop(instance_id, None)
+    def _injected_launch_failures(self, requests: Sequence[LaunchRequest]) -> dict[str, str]:
+        refused: dict[str, str] = {}
+        for cluster_id in {r.cluster_id for r in requests}:
+            if not self.layout.faults(cluster_id).exists():
+                continue
+            with self._faults(cluster_id) as faults:
+                failures = faults.get("launchFailures", {})
+                for request in requests:
+                    fault = failures.get(request.node_group_id)
+                    if request.cluster_id == cluster_id and request.bootstrap is not None and fault:
+                        refused[request.instance_id] = fault["code"]
+                        fault["remaining"] -= 1
+                        if fault["remaining"] <= 0:
+                            del failures[request.node_group_id]
+        return refused
+
+    @contextmanager
+    def _faults(self, cluster_id: str):  # noqa: ANN202 - a context manager of the faults dict
+        """The cluster's faults file, read and written under a lock (`openpcs inject` writes it too)."""
+        path = self.layout.faults(cluster_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            faults = orjson.loads(path.read_bytes()) if path.exists() else {}
+            yield faults
+            write_private(path, orjson.dumps(faults))
+
+    @staticmethod
+    def _continue(directory: Path) -> None:
+        daemon = processes.adopt(directory / "slurmd.json")
+        if daemon is not None and daemon.stopped():
+            os.kill(daemon.pid, signal.SIGCONT)
 
 
 def _locked(path: Path) -> bool:

@@ -62,6 +62,7 @@ class SlurmPaths:
     munge_socket: str    # AuthInfo=socket=<munge_socket>
     resume_program: str  # absolute path, for power saving
     suspend_program: str  # absolute path
+    prolog_slurmctld: str  # absolute path: starts a batch job as soon as its powered-up nodes are up
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,27 @@ def compress_hostlist(names: Iterable[str]) -> str:
                 for first, last in _runs(sorted(numbered[key]))]
         parts.append(f"{prefix}{runs[0]}" if len(numbered[key]) == 1 else f"{prefix}[{','.join(runs)}]")
     return ",".join(parts)
+
+
+def expand_hostlist(expression: str) -> list[str]:
+    """The names of a Slurm hostlist expression, in order: "cpu-[1-3,5],gpu-1" -> cpu-1, cpu-2, cpu-3, cpu-5,
+    gpu-1. Handles one bracketed range per name, which is all compress_hostlist (and slurmctld, for names
+    like ours) writes."""
+    names: list[str] = []
+    for part in _HOSTLIST_PART.findall(expression):
+        prefix, ranges, suffix = _BRACKETS.match(part).groups()  # type: ignore[union-attr]
+        if ranges is None:
+            names.append(part)
+            continue
+        for item in ranges.split(","):
+            first, _, last = item.partition("-")
+            width = len(first) if first.startswith("0") and len(first) > 1 else 0
+            names.extend(f"{prefix}{n:0{width}d}{suffix}" for n in range(int(first), int(last or first) + 1))
+    return names
+
+
+_HOSTLIST_PART = re.compile(r"[^,\[]+(?:\[[^\]]*\][^,]*)?")
+_BRACKETS = re.compile(r"^([^\[]*)(?:\[([^\]]*)\](.*))?$")
 
 
 def _runs(numbers: Sequence[int]) -> list[tuple[int, int]]:
@@ -324,6 +346,8 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             *([("SuspendExcNodes", compress_hostlist(static))] if static else []),
             # A node that failed to start is idle once powered down, so it can be resumed again.
             ("SlurmctldParameters", "idle_on_node_suspend"),
+            # Without it a batch job on powered-up nodes waits for slurmctld's 30-second periodic check.
+            ("PrologSlurmctld", paths.prolog_slurmctld),
         ]),
     ]
 
@@ -334,7 +358,7 @@ _LINE_KEYS = frozenset({"nodename", "partitionname", "nodeset", "downnodes", "fr
 def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dict[str, list[_Gres]]) -> str:
     paths = spec.paths
     for path in (paths.conf_dir, paths.state_dir, paths.log_dir, paths.spool_dir, paths.run_dir,
-                 paths.munge_socket, paths.resume_program, paths.suspend_program):
+                 paths.munge_socket, paths.resume_program, paths.suspend_program, paths.prolog_slurmctld):
         _check_path(path)
     static = [name for group in spec.node_groups for name in static_node_names(group)]
     gres_types = sorted({item.name for group in spec.node_groups if group.max_nodes > 0

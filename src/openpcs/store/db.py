@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    Boolean,
     Column,
     Connection,
     Float,
@@ -66,6 +67,21 @@ instances = Table(
     Column("created_at", Float, nullable=False),
     Column("registered_at", Float),
     Column("access_key_id", String(32)),  # the instance's key (access_keys), scoped to registering
+    # Launched because Slurm's power saving asked for its node (above minInstanceCount), not to keep a static node.
+    Column("dynamic", Boolean),
+)
+
+events = Table(
+    "events", metadata,
+    # What happened to a cluster's nodes and instances (control.events writes them, `openpcs events` reads them).
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False, index=True),
+    Column("cluster_id", String(32), nullable=False, index=True),
+    Column("node_group_id", String(32), nullable=False),  # '' for an event of the cluster as a whole
+    Column("type", String(64), nullable=False),
+    Column("node", String(64), nullable=False),
+    Column("instance_id", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
 )
 
 # How long a clientToken is remembered (AWS's window): the dispatcher honours it, the reconciler purges after it.

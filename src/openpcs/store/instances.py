@@ -20,6 +20,7 @@ class Instance:
     node_name: str
     status: str
     access_key_id: str | None = None  # the instance's own key, which may only register it
+    dynamic: bool = False  # launched for Slurm's power saving, above minInstanceCount
 
 
 def _hash(bootstrap_id: str) -> str:
@@ -28,19 +29,20 @@ def _hash(bootstrap_id: str) -> str:
 
 def _from_row(row) -> Instance:  # noqa: ANN001 - a SQLAlchemy row
     m = row._mapping
-    return Instance(m["id"], m["cluster_id"], m["node_group_id"], m["node_name"], m["status"], m["access_key_id"])
+    return Instance(m["id"], m["cluster_id"], m["node_group_id"], m["node_name"], m["status"], m["access_key_id"],
+                    bool(m["dynamic"]))
 
 
 def launch(conn: Connection, cluster_id: str, node_group_id: str, node_name: str,
-           access_key_id: str | None = None) -> tuple[Instance, str]:
+           access_key_id: str | None = None, dynamic: bool = False) -> tuple[Instance, str]:
     """Record a new instance; returns it with its bootstrap id, which is stored only as a hash."""
     bootstrap_id = secrets.token_urlsafe(32)
     instance = Instance("i-" + secrets.token_hex(9)[:17], cluster_id, node_group_id, node_name, "pending",
-                        access_key_id)
+                        access_key_id, dynamic)
     conn.execute(instances.insert().values(
         id=instance.id, cluster_id=cluster_id, node_group_id=node_group_id, node_name=node_name,
         bootstrap_hash=_hash(bootstrap_id), status=instance.status, created_at=time.time(),
-        access_key_id=access_key_id))
+        access_key_id=access_key_id, dynamic=dynamic))
     return instance, bootstrap_id
 
 

@@ -1,0 +1,230 @@
+"""Compute node groups made real: their static nodes launched and kept, their surplus taken away.
+
+A group's nodes are `<group name>-<n>`, n = 1..maxInstanceCount. The first minInstanceCount are static: this
+module launches them (through the fleet) and keeps them running. The rest are Slurm power-saving nodes that
+control.scaling launches and stops when Slurm asks. Lowering minInstanceCount or maxInstanceCount, or deleting
+the group, drains the nodes taken away, waits for their jobs (control.draining), then terminates them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..domain import instance_types
+from ..providers.base import FAILED, GONE, STOPPED, InstanceStatus, ProviderError
+from ..slurm.config import compress_hostlist
+from ..slurm.nodes import POWER_DOWN_BEGUN, POWERING_DOWN, node_flags, node_is_busy, node_is_up
+from ..store import instances as instance_rows
+from ..store.resources import Resource
+from .draining import DRAIN_POLL_SECONDS
+from .failures import RuntimeFailure, RuntimePending
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = logging.getLogger("openpcs.runtime")
+
+# How long a node group may wait for its nodes before it fails with what Slurm says of them.
+NODES_TIMEOUT_SECONDS = 120.0
+# How often to ask Slurm for the state of nodes coming up: each ask is an RPC that slurmctld answers
+# between the nodes' registrations.
+NODES_POLL_SECONDS = 0.2
+
+
+class NodeGroups:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.store, self.fleet, self.drains = runtime.store, runtime.fleet, runtime.drains
+        self._waiting_since: dict[str, float] = {}
+
+    def converge(self, cluster: Resource, group: Resource) -> dict[str, Any]:
+        """Nodes defined in Slurm up to maxInstanceCount; minInstanceCount of them launched and IDLE."""
+        instance_type(group)  # refuse an unknown type before anything starts
+        scaling = group.spec["scalingConfiguration"]
+        wanted, most = scaling["minInstanceCount"], scaling["maxInstanceCount"]
+        with self.store.read() as conn:
+            current = instance_rows.of_node_group(conn, group.id)
+        # Static nodes above a lowered minimum, and power-saving nodes above a lowered maximum, go.
+        lowered = [i for i in current if not i.dynamic and node_index(i.node_name) > wanted]
+        beyond = [i for i in current if i.dynamic and node_index(i.node_name) > most]
+        why = "; ".join(text for text, items in ((f"minInstanceCount lowered to {wanted}", lowered),
+                                                 (f"maxInstanceCount lowered to {most}", beyond)) if items)
+        self._retire(cluster, group, lowered + beyond, why)
+        self.runtime.sync_config(cluster)
+        # Retired static nodes below maxInstanceCount stay defined, as power-saving nodes now: powered down (which
+        # also lifts their drain), as Slurm would leave a dynamic node it had stopped.
+        kept = [i.node_name for i in lowered if node_index(i.node_name) <= most]
+        if kept:
+            self._power_down(cluster, kept)
+        self.runtime.scaler.clear_protection(cluster, group)  # an update is the operator's word to try again
+        static = self._ensure_static(cluster, group)
+        self._wait_for_nodes(cluster, group, static)
+        state = {key: value for key, value in group.state.items() if key not in ("errorInfo", "notices")}
+        return state
+
+    def heal(self, cluster: Resource, group: Resource) -> None:
+        """Keep an ACTIVE group's static nodes running: start again a slurmd that stopped (crashed, killed, the
+        host restarted), replace an instance that failed or is gone. RuntimeFailure says what cannot come back."""
+        self._ensure_static(cluster, group)
+        with self.store.read() as conn:
+            dynamic = [i for i in instance_rows.of_node_group(conn, group.id) if i.dynamic and i.status == "registered"]
+        self._start_stopped(cluster, dynamic)
+
+    def remove(self, cluster: Resource, group: Resource) -> None:
+        with self.store.read() as conn:
+            issued = instance_rows.of_node_group(conn, group.id)
+        self._retire(cluster, group, issued, "its node group is being deleted")
+        self._waiting_since.pop(group.id, None)
+        self.runtime.sync_config(cluster)  # the group has no instances left: its nodes leave the configuration
+
+    def _ensure_static(self, cluster: Resource, group: Resource) -> list[str]:
+        """Launch the static nodes that have no instance, and start again those whose slurmd stopped; returns the
+        static node names. A node Slurm has powered down is powered up instead: Slurm's ResumeProgram then has it
+        launched (control.scaling), after the request, as Slurm wants of a node it powers up."""
+        wanted = group.spec["scalingConfiguration"]["minInstanceCount"]
+        static = [f"{group.name}-{n}" for n in range(1, wanted + 1)]
+        with self.store.read() as conn:
+            have = {i.node_name: i for i in instance_rows.of_node_group(conn, group.id)}
+        missing = [name for name in static if name not in have]
+        launch_now = self._power_up(cluster, missing)
+        if launch_now:
+            launched, refused = self.fleet.launch_new(cluster, group, launch_now, self.runtime.slurmd(cluster),
+                                                      f"a static node (minInstanceCount is {wanted})")
+            if refused:
+                self.runtime.scaler.launch_failed(cluster, group, refused)
+                raise RuntimeFailure("InstanceLaunchFailed", "; ".join(
+                    f"{name}: Failed to launch backing instance (Error Code: {code})"
+                    for name, code in refused.items()))
+        self._start_stopped(cluster, [have[name] for name in static if name in have])
+        return static
+
+    def _start_stopped(self, cluster: Resource, instances: list[instance_rows.Instance]) -> None:
+        """Start again the instances whose node's daemons stopped. Those that failed or are gone are set DOWN in
+        Slurm with the reason and terminated, and RuntimeFailure names them; the next look launches new ones."""
+        statuses = self._describe(instances)
+        stopped = [i for i in instances if statuses[i.id].state == STOPPED]
+        broken = [(i, statuses[i.id]) for i in instances if statuses[i.id].state in (FAILED, GONE)]
+        if stopped:
+            log.warning("cluster %s: %s had stopped; starting again", cluster.id,
+                        compress_hostlist([i.node_name for i in stopped]))
+        refused = self.fleet.start_again(cluster, stopped)
+        broken += [(i, InstanceStatus(GONE, f"it could not be started again ({refused[i.node_name]})"))
+                   for i in stopped if i.node_name in refused]
+        if not broken:
+            return
+        controller = self.runtime.controller(cluster)
+        for instance, status in broken:
+            reason = f"openpcs: {status.detail}"[:200].replace('"', "'")
+            controller.scontrol("update", f"nodename={instance.node_name}", "state=down", f"reason={reason}")
+        self.fleet.terminate(cluster, [i for i, _ in broken], "its bootstrap failed or it is gone")
+        raise RuntimeFailure("NodeRegistrationFailed", "; ".join(
+            f"{instance.node_name} ({instance.id}): {status.detail}" for instance, status in broken))
+
+    def _describe(self, instances: list[instance_rows.Instance]) -> dict[str, InstanceStatus]:
+        try:
+            return self.fleet.describe(instances)
+        except ProviderError as exc:
+            raise RuntimeFailure(exc.code, exc.message) from exc
+
+    def _power_down(self, cluster: Resource, names: list[str]) -> None:
+        """Power down nodes whose instances are gone, and wait until Slurm has begun to: it does so in a thread
+        of its own, and a power-down still pending when the group is ACTIVE could stop a node raised again."""
+        hostlist = compress_hostlist(names)
+        self.runtime.controller(cluster).scontrol("update", f"nodename={hostlist}", "state=power_down_force")
+        deadline = time.monotonic() + NODES_TIMEOUT_SECONDS
+        while True:
+            states = self.runtime.node_states(cluster)
+            pending = [n for n in names if not POWER_DOWN_BEGUN & _flags(states, n)]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeFailure("NodesNotPoweredDown", f"Slurm did not power down {hostlist} within "
+                                                            f"{NODES_TIMEOUT_SECONDS:.0f} s")
+            time.sleep(NODES_POLL_SECONDS)
+
+    def _power_up(self, cluster: Resource, names: list[str]) -> list[str]:
+        """Of static nodes about to launch, those Slurm has powered down (or is powering down: minInstanceCount
+        lowered, then raised again) ignore a slurmd that registers: ask Slurm to power them up (`resume` ends a
+        power-down and lifts the drain openpcs set when it retired the node) and leave their launch to its
+        ResumeProgram. Returns the others, to launch now."""
+        if not names:
+            return []
+        controller = self.runtime.controller(cluster)
+        states = self.runtime.node_states(cluster)
+        flags = {name: _flags(states, name) for name in names}
+        stopping = [name for name, flag in flags.items() if POWERING_DOWN & flag
+                    or ("DRAIN" in flag and states[name][1].startswith("openpcs:"))]
+        if stopping:
+            controller.scontrol("update", f"nodename={compress_hostlist(stopping)}", "state=resume")
+        down = [name for name, flag in flags.items() if (POWERING_DOWN | POWER_DOWN_BEGUN) & flag]
+        if down:
+            controller.scontrol("update", f"nodename={compress_hostlist(down)}", "state=power_up")
+        return [name for name in names if name not in down]
+
+    def _wait_for_nodes(self, cluster: Resource, group: Resource, names: list[str]) -> None:
+        if not names:
+            return
+        states = self.runtime.node_states(cluster)
+        down = [n for n in names if not node_is_up(states.get(n, ("UNKNOWN", ""))[0])]
+        if not down:
+            self._waiting_since.pop(group.id, None)
+            return
+        since = self._waiting_since.setdefault(group.id, time.monotonic())
+        if time.monotonic() - since < NODES_TIMEOUT_SECONDS:
+            raise RuntimePending(retry_after=NODES_POLL_SECONDS)
+        self._waiting_since.pop(group.id, None)
+        raise RuntimeFailure("NodesNotReady", f"{len(down)} of {len(names)} nodes did not come up within "
+                                              f"{NODES_TIMEOUT_SECONDS:.0f} s: " + "; ".join(
+                                                  f"{n} is {states.get(n, ('UNKNOWN', ''))[0]}"
+                                                  + (f" ({states[n][1]})" if states.get(n, ('', ''))[1] else "")
+                                                  for n in down[:5]))
+
+    def _retire(self, cluster: Resource, group: Resource, instances: list[instance_rows.Instance],
+                why: str) -> None:
+        """Take instances away without killing a job: drain their nodes and wait for their jobs to end
+        (RuntimePending meanwhile), then terminate them."""
+        if not instances:
+            self.drains.done(group.id)
+            return
+        controller = self.runtime.controller(cluster, stopping=True)
+        names = [i.node_name for i in instances]
+        hostlist = compress_hostlist(names)
+        if controller.running():
+            if not self.drains.started(group.id):
+                known = self.runtime.node_states(cluster)
+                defined = [n for n in names if n in known]  # a node Slurm does not know has no job to drain
+                if defined:
+                    controller.scontrol("update", f"nodename={compress_hostlist(defined)}",
+                                        "state=drain", f"reason=openpcs: {why}")
+                    log.info("%s: draining %s (%s)", group.id, hostlist, why)
+
+            def busy_nodes() -> list[str]:
+                states = self.runtime.node_states(cluster)
+                return [n for n in names if node_is_busy(states.get(n, ("", ""))[0])]
+
+            def cancel(busy: list[str]) -> None:
+                controller.run("scancel", f"--nodelist={compress_hostlist(busy)}")
+
+            if self.drains.busy(group.id, f"nodes {hostlist} of {group.id}", busy_nodes, cancel):
+                raise RuntimePending(retry_after=DRAIN_POLL_SECONDS)
+        self.drains.done(group.id)
+        self.fleet.terminate(cluster, instances, why)
+
+
+def _flags(states: dict[str, tuple[str, str]], name: str) -> set[str]:
+    """The flags of a node in `node_states`' answer; none for a node Slurm does not know."""
+    return node_flags(states.get(name, ("", ""))[0])
+
+
+def instance_type(group: Resource) -> instance_types.InstanceType:
+    """The one size of the group's nodes, whichever of its instance types each lands on."""
+    try:
+        return instance_types.node_size([config["instanceType"] for config in group.spec["instanceConfigs"]])
+    except ValueError as exc:  # the API refuses such groups; one stored by an older version may remain
+        raise RuntimeFailure("UnsupportedInstanceTypes", str(exc)) from exc
+
+
+def node_index(node_name: str) -> int:
+    return int(node_name.rsplit("-", 1)[1])
