@@ -34,7 +34,8 @@ class Fleet:
     def launch_new(self, cluster: Resource, group: Resource, names: Sequence[str], slurmd: str, why: str,
                    dynamic: bool = False) -> tuple[list[instance_rows.Instance], dict[str, str]]:
         """Record and launch one new instance for each node name (`dynamic`: for power saving). Returns the
-        instances launched, and node name -> error code of those the provider refused (already forgotten)."""
+        instances launched, and node name -> error code of those the provider refused (already forgotten).
+        ProviderError if the call failed as a whole (its instances are forgotten too)."""
         if not names:
             return [], {}
         bootstraps = {}
@@ -56,19 +57,23 @@ class Fleet:
                     for i in issued]
         try:
             refused = self.provider.launch(requests)
-        except ProviderError as exc:
-            refused = {i.id: exc.code for i in issued}
-            reason = exc.message
-        else:
-            reason = ""
+        except ProviderError as exc:  # the whole call failed: no instance is known to run
+            try:
+                self.provider.terminate([i.id for i in issued])  # whatever part of them the provider made
+            except ProviderError:
+                pass
+            for instance in issued:
+                self.events.emit(cluster.id, events.LAUNCH_FAILED, f"Error Code: {exc.code} ({exc.message})",
+                                 node_group_id=group.id, node=instance.node_name, instance_id=instance.id)
+            self._forget(issued)
+            raise
         launched = [i for i in issued if i.id not in refused]
         for instance in launched:
             self.events.emit(cluster.id, events.LAUNCHED, why, node_group_id=group.id, node=instance.node_name,
                              instance_id=instance.id)
         failed = [i for i in issued if i.id in refused]
         for instance in failed:
-            self.events.emit(cluster.id, events.LAUNCH_FAILED,
-                             f"Error Code: {refused[instance.id]}" + (f" ({reason})" if reason else ""),
+            self.events.emit(cluster.id, events.LAUNCH_FAILED, f"Error Code: {refused[instance.id]}",
                              node_group_id=group.id, node=instance.node_name, instance_id=instance.id)
         self._forget(failed)
         return launched, {i.node_name: refused[i.id] for i in failed}

@@ -137,8 +137,12 @@ class Scaler:
             for names_, is_dynamic in ((dynamic, True), (static, False)):
                 if not names_:
                     continue
-                _, refused = self.fleet.launch_new(cluster, group, names_, self.runtime.slurmd(cluster), why,
-                                                   dynamic=is_dynamic)
+                try:
+                    _, refused = self.fleet.launch_new(cluster, group, names_, self.runtime.slurmd(cluster), why,
+                                                       dynamic=is_dynamic)
+                except ProviderError as exc:
+                    log.warning("%s: %s", group.id, exc.message)
+                    refused = {name: exc.code for name in names_}
                 if refused:
                     self.launch_failed(cluster, group, refused)
 

@@ -30,7 +30,7 @@ import orjson
 from .. import processes
 from ..files import write_private
 from ..layout import DataLayout
-from .base import FAILED, GONE, IMPAIRED, PENDING, RUNNING, STOPPED, InstanceStatus, LaunchRequest
+from .base import FAILED, GONE, IMPAIRED, PENDING, RUNNING, STOPPED, InstanceStatus, LaunchRequest, ProviderError
 
 # An agent that has not taken an instance's lock this long after its launch is presumed lost.
 AGENT_GRACE_SECONDS = 30.0
@@ -56,7 +56,11 @@ class LocalProvider:
                 continue
             directory = self.layout.instance_dir(request.instance_id)
             if request.bootstrap is not None:
-                write_private(directory / "bootstrap.json", orjson.dumps(dict(request.bootstrap)))
+                try:
+                    write_private(directory / "bootstrap.json", orjson.dumps(dict(request.bootstrap)))
+                except OSError as exc:
+                    raise ProviderError("InternalError", f"could not write the bootstrap data of {request.instance_id}"
+                                                         f": {exc.strerror or exc} ({exc.filename})") from exc
             elif (directory / DEAD).exists() or not (directory / "bootstrap.json").exists():
                 refused[request.instance_id] = "InstanceTerminated"
                 continue
