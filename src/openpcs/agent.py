@@ -6,9 +6,10 @@ own key, which may call nothing else, writes the cluster's munge key it receives
 slurmd as the node name it was given. An instance on another host would do the same; the local
 provider runs one agent for a batch of instances, so that a few hundred nodes cost one Python start.
 
-A failure is written to the instance's failure.txt, where the control plane reads it (and marks the
-node DOWN in Slurm with it). While the agent works on an instance it holds that directory's
-agent.lock, so a second agent never starts a second slurmd.
+If the node group asks for deep health checks on start, the instance runs them (openpcs.health_checks)
+between registering and starting slurmd. A failure is written to the instance's failure.txt, where the
+control plane reads it (and repairs the node or marks it DOWN in Slurm with it). While the agent works
+on an instance it holds that directory's agent.lock, so a second agent never starts a second slurmd.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from . import processes
+from . import health_checks, processes
 from .files import write_private
 
 REGISTER_TARGET = "AWSParallelComputingService.RegisterComputeNodeGroupInstance"
@@ -40,6 +41,10 @@ _http = urllib3.PoolManager(maxsize=PARALLEL_REGISTRATIONS, retries=False, timeo
 
 
 class RegistrationRefused(Exception):
+    pass
+
+
+class HealthCheckFailed(Exception):
     pass
 
 
@@ -82,6 +87,10 @@ def bring_up(directory: Path) -> bool:
             answer = register(boot)
             write_private(directory / "munge.key", base64.b64decode(answer["sharedSecret"]))
             node = answer["nodeID"]
+            check = boot.get("deepHealthCheck") or {}
+            problem = health_checks.run(check.get("profile", "NONE"), directory, boot, answer)
+            if problem and check.get("repairAction") != "NONE":
+                raise HealthCheckFailed(problem)  # repairAction NONE: the node takes jobs regardless
             conf = boot["slurmConf"]  # the local provider shares the cluster's configuration, as NFS would
             (Path(boot["spoolDir"]) / node).mkdir(parents=True, exist_ok=True)
             # The cluster's own Slurm build, by absolute path. slurmd works in a directory of its node's under the

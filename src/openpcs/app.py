@@ -18,6 +18,7 @@ from .api.sigv4 import SigV4Verifier
 from .control.draining import DEFAULT_DRAIN_TIMEOUT_SECONDS
 from .control.reconciler import Reconciler
 from .control.runtime import Runtime
+from .control.scaling import PROTECTED_MODE_COOLDOWN_SECONDS
 from .layout import DataLayout
 from .pcs.handlers import PcsHandlers, ServiceContext
 from .pcs.views import Views
@@ -77,7 +78,8 @@ class Service:
     """
 
     def __init__(self, data_dir: Path, database: str | None, region: str | None, api_url: str, slurm: Catalog,
-                 drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS) -> None:
+                 drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS,
+                 protected_mode_cooldown: float = PROTECTED_MODE_COOLDOWN_SECONDS) -> None:
         self.data_dir = data_dir
         self.store = open_store(data_dir, database)
         self.identity = identity(self.store, region)
@@ -86,7 +88,7 @@ class Service:
         self.credentials_path = ensure_credentials(self.store, data_dir, self.identity.region)
         page_token_key(self.store)  # made here, once, so that workers only ever read it
         self.runtime = Runtime(data_dir, self.store, self.identity.region, self.identity.account, api_url, slurm,
-                               drain_timeout)
+                               drain_timeout, protected_mode_cooldown)
         self.reconciler = Reconciler(self.store, self.runtime)
 
     def start(self) -> None:

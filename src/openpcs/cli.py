@@ -17,6 +17,7 @@ from .app import (
     DEFAULT_MAX_CLUSTERS,
     DEFAULT_REGION,
     DEFAULT_WORKERS,
+    PROTECTED_MODE_COOLDOWN_SECONDS,
     Service,
     default_data_dir,
     identity,
@@ -60,6 +61,10 @@ def main() -> None:
               type=click.FloatRange(0), metavar="SECONDS",
               help="How long running jobs may take to end on nodes being taken away (a deleted node group, a "
                    "lower minInstanceCount) before they are cancelled.")
+@click.option("--protected-mode-cooldown", default=PROTECTED_MODE_COOLDOWN_SECONDS, show_default=True,
+              type=click.FloatRange(0), metavar="SECONDS",
+              help="How long a node group that stopped launching after repeated launch failures (protected mode) "
+                   "waits before it tries again by itself; an UpdateComputeNodeGroup clears it at once.")
 @click.option("--slurm-version-map", "version_map", multiple=True, metavar="REQUESTED=INSTALLED",
               help="Run clusters that ask for Slurm REQUESTED (e.g. 25.05) on the installed INSTALLED build (e.g. "
                    "24.11). Repeatable. Shown in the log and by 'openpcs version'; without it, versions with no "
@@ -67,7 +72,8 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str, port: int, data_dir: Path | None, database: str | None, region: str | None,
-          max_clusters: int, reconcile: bool, workers: int, drain_timeout: float, version_map: tuple[str, ...],
+          max_clusters: int, reconcile: bool, workers: int, drain_timeout: float, protected_mode_cooldown: float,
+          version_map: tuple[str, ...],
           log_level: str) -> None:
     """Run the API and the reconcilers in the foreground."""
     import logging
@@ -86,7 +92,7 @@ def serve(host: str, port: int, data_dir: Path | None, database: str | None, reg
     directory = _data_dir(data_dir)
     sock = bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
-    service = Service(directory, database, region, url, slurm, drain_timeout)
+    service = Service(directory, database, region, url, slurm, drain_timeout, protected_mode_cooldown)
     (directory / "server.json").write_text(json.dumps({"url": url, "region": service.identity.region,
                                                        "pid": os.getpid(), "slurm": slurm.describe()}) + "\n")
     if reconcile:

@@ -123,7 +123,8 @@ def inject(data_dir: Path | None, database: str | None, cluster: str, fault: tup
     \b
       openpcs inject CLUSTER NODE instance-death   the node's instance dies (its processes are killed)
       openpcs inject CLUSTER NODE unresponsive     its slurmd stops answering (SIGSTOP)
-      openpcs inject CLUSTER NODE unhealthy        it fails its health checks from now on
+      openpcs inject CLUSTER NODE unhealthy        it fails its health checks from now on (a node
+                                                   without an instance: its next instance does)
       openpcs inject CLUSTER --node-group GROUP launch-failure CODE [--times N]
                                                    the group's next N launches fail with CODE
     """
@@ -149,6 +150,11 @@ def inject(data_dir: Path | None, database: str | None, cluster: str, fault: tup
     node, kind = fault
     with store.read() as conn:
         instance = next((i for i in instance_rows.of_cluster(conn, found.id) if i.node_name == node), None)
+    if instance is None and kind == "unhealthy":
+        provider.make_next_unhealthy(found.id, node)
+        _record(store, found.id, "the next instance of the node fails its health checks", "", node)
+        click.echo(f"The next instance of {node} fails its health checks.")
+        return
     if instance is None:
         raise click.ClickException(f"Node {node} of cluster {found.name} has no instance (it is powered down, or "
                                    "no such node): 'openpcs exec CLUSTER -- sinfo -N' lists the nodes.")

@@ -25,6 +25,12 @@ log = logging.getLogger("openpcs.fleet")
 REGISTER_SCOPE = "pcs:RegisterComputeNodeGroupInstance"
 
 
+def deep_health_check(group: Resource) -> dict[str, str]:
+    """The checks an instance runs on itself before it takes jobs, and what to do if they fail."""
+    on_start = ((group.spec.get("instanceHealthChecks") or {}).get("deepHealthChecks") or {}).get("onStart") or {}
+    return {"profile": on_start.get("profile") or "NONE", "repairAction": on_start.get("repairAction") or "AUTO"}
+
+
 class Fleet:
     def __init__(self, layout: DataLayout, store: Store, provider: Bounded, events_: Events, api_url: str,
                  region: str) -> None:
@@ -51,7 +57,8 @@ class Fleet:
                     "endpointUrl": self.api_url, "region": self.region, "accessKeyId": key.access_key_id,
                     "secretAccessKey": key.secret_access_key, "slurmConf": str(self.layout.slurm_conf(cluster.id)),
                     "slurmd": slurmd, "logDir": str(self.layout.log_dir(cluster.id)),
-                    "spoolDir": str(self.layout.spool_dir(cluster.id))}
+                    "spoolDir": str(self.layout.spool_dir(cluster.id)),
+                    "deepHealthCheck": deep_health_check(group)}
         instance_type = group.spec["instanceConfigs"][0]["instanceType"]
         requests = [LaunchRequest(i.id, cluster.id, group.id, i.node_name, instance_type, bootstraps[i.id])
                     for i in issued]

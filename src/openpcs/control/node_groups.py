@@ -13,13 +13,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..domain import instance_types
-from ..providers.base import FAILED, GONE, STOPPED, InstanceStatus, ProviderError
-from ..slurm.config import compress_hostlist
+from ..providers.base import DEEP_HEALTH_CHECK_FAILED, FAILED, GONE, STOPPED, InstanceStatus, ProviderError
+from ..slurm.config import compress_hostlist, node_index
 from ..slurm.nodes import POWER_DOWN_BEGUN, POWERING_DOWN, node_flags, node_is_busy, node_is_up
+from ..store import events
 from ..store import instances as instance_rows
 from ..store.resources import Resource
 from .draining import DRAIN_POLL_SECONDS
 from .failures import RuntimeFailure, RuntimePending
+from .fleet import deep_health_check
+from .health import ISOLATED
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -67,10 +70,11 @@ class NodeGroups:
     def heal(self, cluster: Resource, group: Resource) -> None:
         """Keep an ACTIVE group's static nodes running: start again a slurmd that stopped (crashed, killed, the
         host restarted), replace an instance that failed or is gone. RuntimeFailure says what cannot come back."""
+        self.runtime.health.check(cluster, group)  # first, so that a node it takes away is launched again below
         self._ensure_static(cluster, group)
         with self.store.read() as conn:
             dynamic = [i for i in instance_rows.of_node_group(conn, group.id) if i.dynamic and i.status == "registered"]
-        self._start_stopped(cluster, dynamic)
+        self._start_stopped(cluster, group, dynamic)
 
     def remove(self, cluster: Resource, group: Resource) -> None:
         with self.store.read() as conn:
@@ -97,15 +101,31 @@ class NodeGroups:
                 raise RuntimeFailure("InstanceLaunchFailed", "; ".join(
                     f"{name}: Failed to launch backing instance (Error Code: {code})"
                     for name, code in refused.items()))
-        self._start_stopped(cluster, [have[name] for name in static if name in have])
+        self._start_stopped(cluster, group, [have[name] for name in static if name in have])
         return static
 
-    def _start_stopped(self, cluster: Resource, instances: list[instance_rows.Instance]) -> None:
-        """Start again the instances whose node's daemons stopped. Those that failed or are gone are set DOWN in
-        Slurm with the reason and terminated, and RuntimeFailure names them; the next look launches new ones."""
+    def _start_stopped(self, cluster: Resource, group: Resource, instances: list[instance_rows.Instance]) -> None:
+        """Start again the instances whose node's daemons stopped. Those whose bootstrap failed are set DOWN in
+        Slurm with the reason and terminated, and RuntimeFailure names them; the next look launches new ones. (A
+        registered instance that is gone is control.health's to repair.) One that failed its deep health checks
+        is repaired as their repairAction says: kept for inspection, its node drained (ISOLATE), or replaced by
+        a new instance (RuntimePending while it comes up)."""
         statuses = self._describe(instances)
+        unhealthy = [i for i in instances if statuses[i.id].code == DEEP_HEALTH_CHECK_FAILED]
+        if unhealthy:
+            instances = [i for i in instances if i not in unhealthy]
+            failures = [(i, statuses[i.id].detail) for i in unhealthy]
+            if deep_health_check(group)["repairAction"] == "ISOLATE":
+                self.runtime.health.isolate(cluster, group, failures)
+            else:
+                for instance, problem in failures:
+                    self.fleet.events.emit(cluster.id, events.LAUNCH_FAILED, problem, node_group_id=group.id,
+                                           node=instance.node_name, instance_id=instance.id)
+                self.fleet.terminate(cluster, unhealthy, "repair: it failed its deep health checks on start")
+                raise RuntimePending(retry_after=NODES_POLL_SECONDS)  # the next look launches new instances
         stopped = [i for i in instances if statuses[i.id].state == STOPPED]
-        broken = [(i, statuses[i.id]) for i in instances if statuses[i.id].state in (FAILED, GONE)]
+        broken = [(i, statuses[i.id]) for i in instances
+                  if statuses[i.id].state == FAILED or (statuses[i.id].state == GONE and i.status != "registered")]
         if stopped:
             log.warning("cluster %s: %s had stopped; starting again", cluster.id,
                         compress_hostlist([i.node_name for i in stopped]))
@@ -167,7 +187,9 @@ class NodeGroups:
         if not names:
             return
         states = self.runtime.node_states(cluster)
-        down = [n for n in names if not node_is_up(states.get(n, ("UNKNOWN", ""))[0])]
+        # A node isolated for inspection (its deep health checks failed) is not waited for.
+        down = [n for n in names if not node_is_up(states.get(n, ("UNKNOWN", ""))[0])
+                and not states.get(n, ("", ""))[1].startswith(ISOLATED)]
         if not down:
             self._waiting_since.pop(group.id, None)
             return
@@ -225,6 +247,3 @@ def instance_type(group: Resource) -> instance_types.InstanceType:
     except ValueError as exc:  # the API refuses such groups; one stored by an older version may remain
         raise RuntimeFailure("UnsupportedInstanceTypes", str(exc)) from exc
 
-
-def node_index(node_name: str) -> int:
-    return int(node_name.rsplit("-", 1)[1])

@@ -42,7 +42,8 @@ from .draining import DEFAULT_DRAIN_TIMEOUT_SECONDS, DRAIN_POLL_SECONDS, Drains
 from .events import Events
 from .failures import RuntimeFailure, RuntimePending
 from .fleet import Fleet
-from .node_groups import NodeGroups, instance_type, node_index
+from .health import Health
+from .node_groups import NodeGroups, instance_type
 from .ports import Ports
 from .scaling import PROTECTED_MODE_COOLDOWN_SECONDS, Scaler
 
@@ -90,6 +91,7 @@ class Runtime:
         self._synced: dict[str, tuple] = {}  # cluster id -> what its running configuration was rendered from
         self.node_groups = NodeGroups(self)
         self.scaler = Scaler(self, protected_mode_cooldown)
+        self.health = Health(self)
 
     def controller(self, cluster: Resource, *, stopping: bool = False) -> SlurmController:
         """The cluster's Slurm, run by the build of the version it asked for. A cluster being taken down needs
@@ -389,5 +391,6 @@ def _highest_nodes(instances: list[instance_rows.Instance]) -> dict[str, int]:
     """node group id -> the highest node number among its instances (groups without instances are absent)."""
     highest: dict[str, int] = {}
     for instance in instances:
-        highest[instance.node_group_id] = max(highest.get(instance.node_group_id, 0), node_index(instance.node_name))
+        index = slurm_config.node_index(instance.node_name)
+        highest[instance.node_group_id] = max(highest.get(instance.node_group_id, 0), index)
     return highest

@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING
 from ..domain import ids
 from ..providers.base import FAILED, GONE, RUNNING, ProviderError
 from ..slurm import power_hook
-from ..slurm.config import compress_hostlist, expand_hostlist
+from ..slurm.config import compress_hostlist, expand_hostlist, node_index
 from ..slurm.nodes import node_flags
 from ..store import events
 from ..store import instances as instance_rows
 from ..store import resources as rows
 from ..store.resources import Resource
 from .failures import RuntimeFailure, RuntimePending
-from .node_groups import node_index
 
 if TYPE_CHECKING:
     from .runtime import Runtime

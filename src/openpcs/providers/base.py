@@ -21,6 +21,11 @@ IMPAIRED = "IMPAIRED"  # it runs but does not work (EC2's impaired status check;
 STOPPED = "STOPPED"    # it exists but its node's daemons do not run: a launch starts them again
 FAILED = "FAILED"      # its bootstrap failed (detail says how); it must be launched again or replaced
 GONE = "GONE"          # it no longer exists (terminated, or died): only a new instance can take its place
+# Codes of an IMPAIRED instance: it does not answer at all, or it answers but fails its health checks.
+UNRESPONSIVE = "Unresponsive"
+HEALTH_CHECK_FAILED = "HealthCheckFailed"
+# Code of a FAILED instance whose deep health checks on start failed.
+DEEP_HEALTH_CHECK_FAILED = "DeepHealthCheckFailed"
 
 # How long one provider call may take before the control plane gives up on it.
 CALL_TIMEOUT_SECONDS = 30.0
@@ -42,7 +47,7 @@ class LaunchRequest:
 class InstanceStatus:
     state: str
     detail: str = ""
-    code: str = ""  # for FAILED: an error code, as EC2 would give
+    code: str = ""  # FAILED: an error code, as EC2 would give; IMPAIRED: UNRESPONSIVE or HEALTH_CHECK_FAILED
 
 
 class Provider(Protocol):

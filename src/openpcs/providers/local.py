@@ -29,14 +29,28 @@ import orjson
 
 from .. import processes
 from ..files import write_private
+from ..health_checks import FAILED_PREFIX, UNHEALTHY_MARKER
 from ..layout import DataLayout
-from .base import FAILED, GONE, IMPAIRED, PENDING, RUNNING, STOPPED, InstanceStatus, LaunchRequest, ProviderError
+from .base import (
+    DEEP_HEALTH_CHECK_FAILED,
+    FAILED,
+    GONE,
+    HEALTH_CHECK_FAILED,
+    IMPAIRED,
+    PENDING,
+    RUNNING,
+    STOPPED,
+    UNRESPONSIVE,
+    InstanceStatus,
+    LaunchRequest,
+    ProviderError,
+)
 
 # An agent that has not taken an instance's lock this long after its launch is presumed lost.
 AGENT_GRACE_SECONDS = 30.0
 # Markers in an instance's directory.
 DEAD = "dead"            # the instance died: it never runs again
-UNHEALTHY = "unhealthy"  # its health checks fail
+UNHEALTHY = UNHEALTHY_MARKER  # its health checks fail
 FAILURE = "failure.txt"  # why its bootstrap failed (written by the agent)
 
 
@@ -50,6 +64,7 @@ class LocalProvider:
 
     def launch(self, requests: Sequence[LaunchRequest]) -> dict[str, str]:
         refused = self._injected_launch_failures(requests)
+        unhealthy = self._injected_unhealthy_nodes(requests)
         by_cluster: dict[str, list[str]] = {}
         for request in requests:
             if request.instance_id in refused:
@@ -58,6 +73,8 @@ class LocalProvider:
             if request.bootstrap is not None:
                 try:
                     write_private(directory / "bootstrap.json", orjson.dumps(dict(request.bootstrap)))
+                    if request.node_name in unhealthy.get(request.cluster_id, ()):
+                        (directory / UNHEALTHY).touch()
                 except OSError as exc:
                     raise ProviderError("InternalError", f"could not write the bootstrap data of {request.instance_id}"
                                                          f": {exc.strerror or exc} ({exc.filename})") from exc
@@ -86,16 +103,18 @@ class LocalProvider:
             slurmd = processes.adopt(directory / "slurmd.json")
             if slurmd is not None:
                 if slurmd.stopped():
-                    answer[instance_id] = InstanceStatus(IMPAIRED, "its slurmd does not answer (stopped)")
+                    answer[instance_id] = InstanceStatus(IMPAIRED, "its slurmd does not answer (stopped)",
+                                                         UNRESPONSIVE)
                 elif (directory / UNHEALTHY).exists():
-                    answer[instance_id] = InstanceStatus(IMPAIRED, "it failed its health checks")
+                    answer[instance_id] = InstanceStatus(IMPAIRED, "it fails its health checks", HEALTH_CHECK_FAILED)
                 else:
                     answer[instance_id] = InstanceStatus(RUNNING)
                 continue
             failure = directory / FAILURE
             if failure.exists():
-                answer[instance_id] = InstanceStatus(FAILED, failure.read_text(errors="replace").strip(),
-                                                     "BootstrapFailure")
+                detail = failure.read_text(errors="replace").strip()
+                answer[instance_id] = InstanceStatus(FAILED, detail, DEEP_HEALTH_CHECK_FAILED if detail.startswith(
+                    FAILED_PREFIX) else "BootstrapFailure")
                 continue
             if _locked(directory / "agent.lock"):
                 answer[instance_id] = InstanceStatus(PENDING)
@@ -146,6 +165,23 @@ class LocalProvider:
         """The node group's next `times` launches are refused with `code`."""
         with self._faults(cluster_id) as faults:
             faults.setdefault("launchFailures", {})[node_group_id] = {"code": code, "remaining": times}
+
+    def make_next_unhealthy(self, cluster_id: str, node: str) -> None:
+        """The node's next instance fails its health checks (its deep health checks on start, if it has them)."""
+        with self._faults(cluster_id) as faults:
+            faults.setdefault("unhealthyNodes", []).append(node)
+
+    def _injected_unhealthy_nodes(self, requests: Sequence[LaunchRequest]) -> dict[str, set[str]]:
+        """cluster id -> the nodes among `requests` whose new instance is to be unhealthy (taken off the list)."""
+        found: dict[str, set[str]] = {}
+        for cluster_id in {r.cluster_id for r in requests if r.bootstrap is not None}:
+            if not self.layout.faults(cluster_id).exists():
+                continue
+            with self._faults(cluster_id) as faults:
+                names = {r.node_name for r in requests if r.cluster_id == cluster_id}
+                found[cluster_id] = names & set(faults.get("unhealthyNodes", []))
+                faults["unhealthyNodes"] = [n for n in faults.get("unhealthyNodes", []) if n not in found[cluster_id]]
+        return found
 
     def _injected_launch_failures(self, requests: Sequence[LaunchRequest]) -> dict[str, str]:
         refused: dict[str, str] = {}

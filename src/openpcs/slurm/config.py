@@ -105,6 +105,11 @@ def node_names(group: NodeGroupSpec) -> list[str]:
     return [f"{group.name}-{n}" for n in range(1, group.max_nodes + 1)]
 
 
+def node_index(node_name: str) -> int:
+    """n of a node named <group>-<n>."""
+    return int(node_name.rsplit("-", 1)[1])
+
+
 def static_node_names(group: NodeGroupSpec) -> list[str]:
     return node_names(group)[:max(group.static_nodes, 0)]
 

@@ -21,6 +21,7 @@ class Instance:
     status: str
     access_key_id: str | None = None  # the instance's own key, which may only register it
     dynamic: bool = False  # launched for Slurm's power saving, above minInstanceCount
+    registered_at: float | None = None  # when its agent registered it (epoch seconds)
 
 
 def _hash(bootstrap_id: str) -> str:
@@ -30,7 +31,7 @@ def _hash(bootstrap_id: str) -> str:
 def _from_row(row) -> Instance:  # noqa: ANN001 - a SQLAlchemy row
     m = row._mapping
     return Instance(m["id"], m["cluster_id"], m["node_group_id"], m["node_name"], m["status"], m["access_key_id"],
-                    bool(m["dynamic"]))
+                    bool(m["dynamic"]), m["registered_at"])
 
 
 def launch(conn: Connection, cluster_id: str, node_group_id: str, node_name: str,
