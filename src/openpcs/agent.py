@@ -98,10 +98,11 @@ def bring_up(directory: Path) -> bool:
             build_bin = str(Path(boot["slurmd"]).parent.parent / "bin")
             workdir = Path(boot["logDir"]) / "nodes" / node
             workdir.mkdir(parents=True, exist_ok=True)
-            # An instance's first slurmd start is its boot: -b reports it, as Slurm wants of a node it powered up.
-            # A later start (slurmd died and is launched again) is not, so its running jobs are not lost.
+            # The first slurmd start of an instance Slurm powered up is its boot: -b reports it, as Slurm wants of
+            # such a node. Not otherwise: a node that answered before (a static node given a new instance) would be
+            # "unexpectedly rebooted", and a later start (slurmd died and is launched again) would lose its jobs.
             booted = directory / "booted"
-            report_boot = [] if booted.exists() else ["-b"]
+            report_boot = ["-b"] if boot.get("reportBoot") and not booted.exists() else []
             booted.touch()
             processes.spawn([boot["slurmd"], "-D", *report_boot, "-N", node, "-f", conf], directory / "slurmd.json",
                             Path(boot["logDir"]) / f"slurmd-{node}.out",

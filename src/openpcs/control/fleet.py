@@ -38,8 +38,10 @@ class Fleet:
         self.api_url, self.region = api_url, region
 
     def launch_new(self, cluster: Resource, group: Resource, names: Sequence[str], slurmd: str, why: str,
-                   dynamic: bool = False) -> tuple[list[instance_rows.Instance], dict[str, str]]:
-        """Record and launch one new instance for each node name (`dynamic`: for power saving). Returns the
+                   dynamic: bool = False,
+                   powered_up: bool = False) -> tuple[list[instance_rows.Instance], dict[str, str]]:
+        """Record and launch one new instance for each node name (`dynamic`: for power saving; `powered_up`:
+        Slurm is powering the node up, so its slurmd reports a boot, as Slurm wants of such a node). Returns the
         instances launched, and node name -> error code of those the provider refused (already forgotten).
         ProviderError if the call failed as a whole (its instances are forgotten too)."""
         if not names:
@@ -58,7 +60,7 @@ class Fleet:
                     "secretAccessKey": key.secret_access_key, "slurmConf": str(self.layout.slurm_conf(cluster.id)),
                     "slurmd": slurmd, "logDir": str(self.layout.log_dir(cluster.id)),
                     "spoolDir": str(self.layout.spool_dir(cluster.id)),
-                    "deepHealthCheck": deep_health_check(group)}
+                    "deepHealthCheck": deep_health_check(group), "reportBoot": powered_up}
         instance_type = group.spec["instanceConfigs"][0]["instanceType"]
         requests = [LaunchRequest(i.id, cluster.id, group.id, i.node_name, instance_type, bootstraps[i.id])
                     for i in issued]

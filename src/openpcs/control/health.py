@@ -36,10 +36,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("openpcs.health")
 
+# Reasons openpcs gives a node in Slurm: being drained to be replaced; its instance taken away, a new one
+# coming (control.node_groups returns a node DOWN with an openpcs reason to service once that runs); kept
+# for inspection.
 REPLACING = "openpcs: replacing"
-# How long after its registration an instance's node may take to come up in Slurm (its slurmd starting).
-SETTLE_SECONDS = 10.0
+REPLACED = "openpcs: replaced"
 ISOLATED = "openpcs: isolated"
+# A node whose new instance just registered may still be flagged not responding from its previous instance.
+SETTLE_SECONDS = 5.0
 _POWER_FLAGS = {"POWERING_UP", "POWERING_DOWN", "POWERED_DOWN", "POWER_DOWN"}
 
 
@@ -82,14 +86,13 @@ class Health:
                 continue
             if "DRAIN" in flags and not reason.startswith("openpcs"):
                 continue  # an administrator drained it: its jobs finish, it stays for inspection
-            settling = time.time() - (instance.registered_at or 0.0) < SETTLE_SECONDS
-            if reason.startswith(REPLACING) and not settling:
+            if reason.startswith(REPLACING):
                 if not node_is_busy(state):
                     self._replace(cluster, group, instance, reason[len(REPLACING) + 2:])
                 continue
-            # A node just registered may still show what Slurm said of its previous instance (DOWN, not
-            # responding): only the provider's word counts until it settles.
-            verdict = _verdict(instance, statuses[instance.id], set() if settling else flags, reason)
+            if reason.startswith("openpcs") or (time.time() - (instance.registered_at or 0.0) < SETTLE_SECONDS):
+                flags = flags - {"NOT_RESPONDING", "DOWN"}  # openpcs's own doing, or left from the previous instance
+            verdict = _verdict(instance, statuses[instance.id], flags, reason)
             if verdict is not None:
                 self._act(cluster, group, verdict, action)
         live = {(group.id, i.id) for i in instances}
@@ -133,16 +136,13 @@ class Health:
 
     def _replace(self, cluster: Resource, group: Resource, instance: instance_rows.Instance, problem: str) -> None:
         """Take the instance away: Slurm sets the node DOWN (its jobs, if any, are requeued or end), and a static
-        node gets a new instance under the same name (control.node_groups launches it), while a dynamic one is
-        powered down."""
+        node gets a new instance under the same name (control.node_groups launches it, and returns the node to
+        service once it runs), while a dynamic one is powered down."""
         node = instance.node_name
         controller = self.runtime.controller(cluster)
         static = node_index(node) <= group.spec["scalingConfiguration"]["minInstanceCount"]
-        if static:
-            controller.scontrol("update", f"nodename={node}", "state=down", f"reason={_reason(REPLACING, problem)}")
-        else:
-            controller.scontrol("update", f"nodename={node}", "state=power_down_force",
-                                f"reason={_reason('openpcs: replaced', problem)}")
+        controller.scontrol("update", f"nodename={node}", "state=down" if static else "state=power_down_force",
+                            f"reason={_reason(REPLACED, problem)}")
         self.fleet.terminate(cluster, [instance], f"repair: {problem}")
         self._seen.pop((group.id, instance.id), None)
         self.events.emit(cluster.id, events.REPAIR,

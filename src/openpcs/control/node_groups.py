@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..domain import instance_types
-from ..providers.base import DEEP_HEALTH_CHECK_FAILED, FAILED, GONE, STOPPED, InstanceStatus, ProviderError
+from ..providers.base import DEEP_HEALTH_CHECK_FAILED, FAILED, GONE, RUNNING, STOPPED, InstanceStatus, ProviderError
 from ..slurm.config import compress_hostlist, node_index
 from ..slurm.nodes import POWER_DOWN_BEGUN, POWERING_DOWN, node_flags, node_is_busy, node_is_up
 from ..store import events
@@ -129,6 +129,7 @@ class NodeGroups:
         if stopped:
             log.warning("cluster %s: %s had stopped; starting again", cluster.id,
                         compress_hostlist([i.node_name for i in stopped]))
+        self._return_to_service(cluster, [i for i in instances if statuses[i.id].state == RUNNING])
         refused = self.fleet.start_again(cluster, stopped)
         broken += [(i, InstanceStatus(GONE, f"it could not be started again ({refused[i.node_name]})"))
                    for i in stopped if i.node_name in refused]
@@ -141,6 +142,19 @@ class NodeGroups:
         self.fleet.terminate(cluster, [i for i, _ in broken], "its bootstrap failed or it is gone")
         raise RuntimeFailure("NodeRegistrationFailed", "; ".join(
             f"{instance.node_name} ({instance.id}): {status.detail}" for instance, status in broken))
+
+    def _return_to_service(self, cluster: Resource, running: list[instance_rows.Instance]) -> None:
+        """Nodes openpcs set DOWN when it took their instance away (a repair, a failed bootstrap) return to service
+        once the new one runs: Slurm keeps a node set DOWN that way (ReturnToService=1), as it keeps one an
+        administrator set DOWN."""
+        if not running:
+            return
+        states = self.runtime.node_states(cluster)
+        back = [i.node_name for i in running if "DOWN" in _flags(states, i.node_name)
+                and states[i.node_name][1].startswith("openpcs:") and not states[i.node_name][1].startswith(ISOLATED)]
+        if back:
+            self.runtime.controller(cluster).scontrol("update", f"nodename={compress_hostlist(back)}", "state=resume")
+            log.info("cluster %s: %s back in service on new instances", cluster.id, compress_hostlist(back))
 
     def _describe(self, instances: list[instance_rows.Instance]) -> dict[str, InstanceStatus]:
         try:

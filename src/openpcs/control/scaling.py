@@ -138,7 +138,7 @@ class Scaler:
                     continue
                 try:
                     _, refused = self.fleet.launch_new(cluster, group, names_, self.runtime.slurmd(cluster), why,
-                                                       dynamic=is_dynamic)
+                                                       dynamic=is_dynamic, powered_up=True)
                 except ProviderError as exc:
                     log.warning("%s: %s", group.id, exc.message)
                     refused = {name: exc.code for name in names_}

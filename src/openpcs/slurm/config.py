@@ -322,8 +322,9 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             # A node's CPUs and memory are its instance type's, not this host's: trust slurm.conf rather than
             # drain a node that registers with less.
             ("SlurmdParameters", "config_overrides"),
-            # A DOWN node returns to service when its slurmd registers, whatever made it DOWN.
-            ("ReturnToService", "2"),
+            # A node DOWN because it stopped responding returns to service when it answers again; one an
+            # administrator (or openpcs, while replacing it) set DOWN stays DOWN: openpcs repairs it.
+            ("ReturnToService", "1"),
             # slurmctld talks to every node itself, never through other slurmd that may be powered down.
             ("TreeWidth", "65533"),
         ]),
