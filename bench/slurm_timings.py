@@ -102,12 +102,18 @@ def main() -> int:
         stop_everything(data)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    return 0 if report([(what, seconds, goal, "") for what, seconds, goal in results]) else 1
+
+
+def report(rows: list[tuple[str, float, float | None, str]]) -> bool:
+    """Print (what, seconds, goal, detail) rows, each measure against its goal; whether every goal was met."""
     met = True
-    for what, seconds, goal in results:
+    width = max(len(what) for what, *_ in rows)
+    for what, seconds, goal, detail in rows:
         verdict = "" if goal is None else f" (goal <= {goal:.0f} s: {'met' if seconds <= goal else 'NOT met'})"
         met &= goal is None or seconds <= goal
-        print(f"{what:<52} {seconds:7.2f} s{verdict}")
-    return 0 if met else 1
+        print(f"{what:<{width}} {seconds:7.2f} s{detail}{verdict}")
+    return met
 
 
 if __name__ == "__main__":

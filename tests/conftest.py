@@ -248,6 +248,16 @@ def create_node_group(pcs, cluster_id: str, wait: bool = True, **kwargs) -> dict
     return group
 
 
+def update_scaling(pcs, cluster_id: str, group_id: str, min_count: int, max_count: int,
+                   statuses: tuple[str, ...] = ("ACTIVE",), timeout: float = 60.0) -> dict:
+    """UpdateComputeNodeGroup's scalingConfiguration, and the group once it is in one of `statuses`."""
+    pcs.update_compute_node_group(clusterIdentifier=cluster_id, computeNodeGroupIdentifier=group_id,
+                                  scalingConfiguration={"minInstanceCount": min_count, "maxInstanceCount": max_count})
+    return wait_for(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster_id,
+                                                       computeNodeGroupIdentifier=group_id),
+                    "computeNodeGroup", statuses, timeout=timeout)
+
+
 def create_queue(pcs, cluster_id: str, group_ids: list[str], name: str | None = None, wait: bool = True,
                  **extra) -> dict:
     queue = pcs.create_queue(clusterIdentifier=cluster_id, queueName=name or unique("q"),

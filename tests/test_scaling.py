@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import OpenPcs, create_cluster, create_node_group, create_queue, unique, wait_for
+from conftest import OpenPcs, create_cluster, create_node_group, create_queue, unique, update_scaling, wait_for
 from test_slurm import job_state, node_states, openpcs_exec, wait_job_done, wait_node_state
 
 LAUNCH_FAILED = "Failed to launch backing instance (Error Code: {})"
@@ -148,11 +148,7 @@ def test_repeated_launch_failures_stop_the_group_launching_until_it_is_updated(s
     wait_until(lambda: "openpcs: protected mode" in openpcs_exec(
         server, cluster["name"], "sinfo", "-h", "-R", "-o", "%E").stdout, "the group's nodes drained")
     # An update is the operator's word to try again.
-    pcs.update_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=group["id"],
-                                  scalingConfiguration={"minInstanceCount": 0, "maxInstanceCount": 9})
-    found = wait_for(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster["id"],
-                                                        computeNodeGroupIdentifier=group["id"]),
-                     "computeNodeGroup", ("ACTIVE",))
+    found = update_scaling(pcs, cluster["id"], group["id"], 0, 9)
     assert "errorInfo" not in found
     assert "ProtectedModeCleared" in [e["type"] for e in events(server, cluster["name"])]
     out = tmp_path / "after.txt"
@@ -166,14 +162,7 @@ def test_raising_max_adds_power_saving_nodes_and_lowering_it_drains_them_without
     cluster, group, queue = elastic(pcs, 0, 1)
     name = group["name"]
 
-    def update(most: int) -> dict:
-        pcs.update_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=group["id"],
-                                      scalingConfiguration={"minInstanceCount": 0, "maxInstanceCount": most})
-        return wait_for(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster["id"],
-                                                           computeNodeGroupIdentifier=group["id"]),
-                        "computeNodeGroup", ("ACTIVE",), timeout=60)
-
-    update(3)
+    update_scaling(pcs, cluster["id"], group["id"], 0, 3)
     assert {n for n in node_states(server, cluster["name"])} == {f"{name}-1", f"{name}-2", f"{name}-3"}
     out = tmp_path / "long.txt"
     job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-w", f"{name}-3",
@@ -189,3 +178,32 @@ def test_raising_max_adds_power_saving_nodes_and_lowering_it_drains_them_without
              "computeNodeGroup", ("ACTIVE",), timeout=60)
     assert f"{name}-3" not in node_states(server, cluster["name"])
     assert slurmd_pid(server, f"{name}-3") is None
+
+
+def test_a_job_submitted_while_the_control_plane_is_down_runs_once_it_is_back(tmp_path):
+    first = OpenPcs(tmp_path / "data").start()
+    pcs = first.client()
+    cluster, group, queue = elastic(pcs, 0, 2)
+    first.kill9()
+    # slurmctld runs on; its ResumeProgram leaves the request for a control plane that is not there.
+    job = openpcs_exec(first, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-N2",
+                       "-o", str(tmp_path / "out.txt"), "--wrap", "srun true").stdout.strip()
+    requests = first.data_dir / "clusters" / cluster["id"] / "run" / "power"
+    wait_until(lambda: list(requests.glob("*.resume")), "the resume request")
+    second = OpenPcs(first.data_dir).start()
+    wait_job_done(second, cluster["name"], job, timeout=60)
+    assert not list(requests.glob("*.resume"))
+    assert [e["node"] for e in events(second, cluster["name"]) if e["type"] == "InstanceRegistered"] == [
+        f"{group['name']}-1", f"{group['name']}-2"]
+
+
+def test_a_queue_that_powers_down_on_idle_stops_its_nodes_when_their_job_ends(server):
+    pcs = server.client()
+    cluster = create_cluster(pcs, unique())  # scaleDownIdleTimeInSeconds: PCS's 600 s
+    group = create_node_group(pcs, cluster["id"], min_count=0, max_count=2)
+    queue = create_queue(pcs, cluster["id"], [group["id"]], slurmConfiguration={"slurmCustomSettings": [
+        {"parameterName": "PowerDownOnIdle", "parameterValue": "YES"}]})
+    node = f"{group['name']}-1"
+    openpcs_exec(server, cluster["name"], "srun", "-p", queue["name"], "-w", node, "true", timeout=60)
+    wait_node_state(server, cluster["name"], node, lambda s: "POWER" in s and "DOWN" in s, timeout=30)
+    wait_until(lambda: slurmd_pid(server, node) is None, "the node's slurmd to stop")

@@ -19,22 +19,10 @@ from .app import (
     DEFAULT_WORKERS,
     PROTECTED_MODE_COOLDOWN_SECONDS,
     Service,
-    default_data_dir,
     identity,
-    open_store,
 )
-
-data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=None,
-    help="Where openpcs keeps its state [default: $OPENPCS_DATA_DIR or ~/.local/share/openpcs].")
-database_option = click.option(
-    "--database", default=None, metavar="URL", envvar="OPENPCS_DATABASE",
-    help="A SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: $OPENPCS_DATABASE, else SQLite in "
-         "the data dir]. Prefer the variable for a URL with a password: any user can read a command line.")
-
-
-def _data_dir(value: Path | None) -> Path:
-    return (value or default_data_dir()).expanduser().resolve()
+from .cli_nodes import events, inject
+from .cli_options import data_dir_option, database_option, existing_store, resolve_data_dir
 
 
 @click.group()
@@ -89,7 +77,7 @@ def serve(host: str, port: int, data_dir: Path | None, database: str | None, reg
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--slurm-version-map") from None
     _log_slurm_builds(logging.getLogger("openpcs.serve"), slurm)
-    directory = _data_dir(data_dir)
+    directory = resolve_data_dir(data_dir)
     sock = bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
     service = Service(directory, database, region, url, slurm, drain_timeout, protected_mode_cooldown)
@@ -125,7 +113,7 @@ def _log_slurm_builds(log, slurm) -> None:
 @data_dir_option
 def env(data_dir: Path | None) -> None:
     """Print shell exports that point AWS clients (CLI, boto3) at this openpcs."""
-    directory = _data_dir(data_dir)
+    directory = resolve_data_dir(data_dir)
     try:
         server = json.loads((directory / "server.json").read_text())
     except FileNotFoundError:
@@ -147,22 +135,13 @@ def credentials() -> None:
     """Manage the access keys the service accepts."""
 
 
-def _key_store(data_dir: Path | None, database: str | None):
-    """The store of an existing openpcs; never a new, empty one that no server reads (e.g. a mistyped dir)."""
-    directory = _data_dir(data_dir)
-    if database is None and not (directory / "openpcs.db").exists():
-        raise click.ClickException(f"No openpcs data in {directory}. Pass the --data-dir (and --database) that "
-                                   "'openpcs serve' uses, or start it once to create them.")
-    return open_store(directory, database)
-
-
 @credentials.command("create")
 @data_dir_option
 @database_option
 @click.option("--description", default="", help="What the key is for.")
 def credentials_create(data_dir: Path | None, database: str | None, description: str) -> None:
     """Create an access key; prints it once, as a credentials-file profile."""
-    store = _key_store(data_dir, database)
+    store = existing_store(data_dir, database)
     key = create_key(store, description)
     region = identity(store, None).region
     click.echo(f"[{PROFILE}-{key.access_key_id.lower()}]\naws_access_key_id = {key.access_key_id}\n"
@@ -174,7 +153,7 @@ def credentials_create(data_dir: Path | None, database: str | None, description:
 @database_option
 def credentials_list(data_dir: Path | None, database: str | None) -> None:
     """List access keys (never their secrets)."""
-    for key in list_keys(_key_store(data_dir, database)):
+    for key in list_keys(existing_store(data_dir, database)):
         state = "revoked" if key.revoked_at else "active"
         scope = f"\tmay only call {key.scope}" if key.scope else ""
         click.echo(f"{key.access_key_id}\t{state}\t{key.description}{scope}")
@@ -186,7 +165,7 @@ def credentials_list(data_dir: Path | None, database: str | None) -> None:
 @click.argument("access_key_id")
 def credentials_revoke(data_dir: Path | None, database: str | None, access_key_id: str) -> None:
     """Revoke an access key: requests signed with it are refused within a second."""
-    if not revoke_key(_key_store(data_dir, database), access_key_id):
+    if not revoke_key(existing_store(data_dir, database), access_key_id):
         click.echo(f"No active access key {access_key_id}; see 'openpcs credentials list'.", err=True)
         sys.exit(1)
     click.echo(f"Revoked {access_key_id}.")
@@ -207,8 +186,8 @@ def exec_(data_dir: Path | None, database: str | None, cluster: str, command: tu
     command = command[1:] if command[0] == "--" else command  # `--` is optional; click keeps it here
     if not command:
         raise click.UsageError("Name a Slurm command to run, e.g. openpcs exec demo -- sinfo")
-    directory = _data_dir(data_dir)
-    with _key_store(data_dir, database).read() as conn:
+    directory = resolve_data_dir(data_dir)
+    with existing_store(data_dir, database).read() as conn:
         found = rows.find(conn, ids.CLUSTER, cluster)
     if found is None:
         raise click.ClickException(f"No cluster {cluster!r} in this openpcs (data dir {directory}). "
@@ -240,7 +219,7 @@ def version(data_dir: Path | None) -> None:
     for build in builds:
         click.echo(f"Slurm {build.version}: {build.prefix} (runs clusters of version {build.release})")
     try:
-        served = json.loads((_data_dir(data_dir) / "server.json").read_text()).get("slurm", {})
+        served = json.loads((resolve_data_dir(data_dir) / "server.json").read_text()).get("slurm", {})
     except FileNotFoundError:
         served = {}
     for release, build in served.items():
@@ -249,10 +228,6 @@ def version(data_dir: Path | None) -> None:
                        f"run {build['version']} (serve --slurm-version-map)")
     releases = sorted(served) if served else sorted({b.release for b in builds})
     click.echo(f"scheduler versions the API accepts: {', '.join(releases) or 'none'}")
-
-
-# Commands of their own module, registered here so that `openpcs --help` lists them with the others.
-from .cli_nodes import events, inject  # noqa: E402 - it imports the options defined above
 
 main.add_command(events)
 main.add_command(inject)

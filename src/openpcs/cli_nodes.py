@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import orjson
 
-from .cli import _data_dir, _key_store, data_dir_option, database_option
+from .cli_options import data_dir_option, database_option, existing_store, resolve_data_dir
 from .domain import ids
 from .store import events as event_rows
 from .store import resources as rows
@@ -87,8 +87,8 @@ def events(data_dir: Path | None, database: str | None, cluster: str, node_group
            as_json: bool, follow: bool) -> None:
     """What happened to CLUSTER's nodes and instances, oldest first: launches, registrations, power ups and downs,
     health verdicts, repairs and failures. Answers "why did my node go away?"."""
-    directory = _data_dir(data_dir)
-    store = _key_store(data_dir, database)
+    directory = resolve_data_dir(data_dir)
+    store = existing_store(data_dir, database)
     found = _cluster(store, directory, cluster)
     group_id = _node_group(store, found, node_group).id if node_group else None
     with store.read() as conn:
@@ -132,8 +132,8 @@ def inject(data_dir: Path | None, database: str | None, cluster: str, fault: tup
     from .providers.local import LocalProvider
     from .store import instances as instance_rows
 
-    directory = _data_dir(data_dir)
-    store = _key_store(data_dir, database)
+    directory = resolve_data_dir(data_dir)
+    store = existing_store(data_dir, database)
     found = _cluster(store, directory, cluster)
     provider = LocalProvider(DataLayout(directory))
     if node_group is not None:

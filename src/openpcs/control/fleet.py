@@ -103,6 +103,15 @@ class Fleet:
         """instance id -> status. Raises ProviderError if the provider does not answer."""
         return self.provider.describe([i.id for i in instances])
 
+    def look_at(self, instances: Sequence[instance_rows.Instance], why: str) -> dict[str, InstanceStatus] | None:
+        """describe, or None (and a warning saying what waits) if the provider does not answer: the next look
+        tries again."""
+        try:
+            return self.describe(instances)
+        except ProviderError as exc:
+            log.warning("cannot %s: %s", why, exc.message)
+            return None
+
     def stop(self, instances: Sequence[instance_rows.Instance]) -> None:
         self.provider.stop([i.id for i in instances])
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..providers.base import GONE, IMPAIRED, UNRESPONSIVE, ProviderError
+from ..providers.base import GONE, IMPAIRED, UNRESPONSIVE
 from ..slurm.config import compress_hostlist, node_index
 from ..slurm.nodes import node_flags, node_is_busy
 from ..store import events
@@ -72,10 +72,8 @@ class Health:
             instances = [i for i in instance_rows.of_node_group(conn, group.id) if i.status == "registered"]
         if not instances:
             return
-        try:
-            statuses = self.fleet.describe(instances)
-        except ProviderError as exc:
-            log.warning("%s: cannot judge its instances' health: %s", group.id, exc.message)
+        statuses = self.fleet.look_at(instances, f"judge the health of {group.id}'s instances")
+        if statuses is None:
             return
         states = self.runtime.node_states(cluster)
         action = repair_action(group)

@@ -164,10 +164,8 @@ class Scaler:
             launching = [i for i in instance_rows.of_cluster(conn, cluster.id) if i.dynamic and i.status == "pending"]
         if not launching:
             return
-        try:
-            statuses = self.fleet.describe(launching)
-        except ProviderError as exc:
-            log.warning("cluster %s: %s", cluster.id, exc.message)
+        statuses = self.fleet.look_at(launching, f"watch the launches of cluster {cluster.id}")
+        if statuses is None:
             return
         by_id = {g.id: g for g in groups.values()}
         failed: dict[str, dict[str, str]] = {}

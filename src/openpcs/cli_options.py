@@ -1,0 +1,31 @@
+"""Options and helpers the `openpcs` commands share: where the data dir is, and its store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .app import default_data_dir, open_store
+from .store.db import Store
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None,
+    help="Where openpcs keeps its state [default: $OPENPCS_DATA_DIR or ~/.local/share/openpcs].")
+database_option = click.option(
+    "--database", default=None, metavar="URL", envvar="OPENPCS_DATABASE",
+    help="A SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: $OPENPCS_DATABASE, else SQLite in "
+         "the data dir]. Prefer the variable for a URL with a password: any user can read a command line.")
+
+
+def resolve_data_dir(value: Path | None) -> Path:
+    return (value or default_data_dir()).expanduser().resolve()
+
+
+def existing_store(data_dir: Path | None, database: str | None) -> Store:
+    """The store of an existing openpcs; never a new, empty one that no server reads (e.g. a mistyped dir)."""
+    directory = resolve_data_dir(data_dir)
+    if database is None and not (directory / "openpcs.db").exists():
+        raise click.ClickException(f"No openpcs data in {directory}. Pass the --data-dir (and --database) that "
+                                   "'openpcs serve' uses, or start it once to create them.")
+    return open_store(directory, database)
