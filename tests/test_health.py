@@ -140,3 +140,52 @@ def test_a_dynamic_node_that_dies_is_terminated_and_powered_down(server):
     assert not (server.data_dir / "instances" / old).exists()
     assert "Repair" in [e["type"] for e in events(server, cluster["name"]) if e["node"] == node]
     openpcs_exec(server, cluster["name"], "scancel", job)
+
+
+# PCS runs deep health checks only on GPU instances.
+GPU = [{"instanceType": "g5.xlarge"}]
+
+
+def group_checking_itself_on_start(server, action: str, unhealthy_first: bool) -> tuple:
+    """A cluster and a one-node group whose instances run QUICK deep health checks on start; with
+    `unhealthy_first`, the node's first instance fails them (injected before the group exists)."""
+    pcs = server.client()
+    cluster = create_cluster(pcs, unique())
+    name = unique("g")
+    if unhealthy_first:
+        openpcs(server, "inject", cluster["name"], f"{name}-1", "unhealthy")
+    group = create_node_group(pcs, cluster["id"], name=name, min_count=1, max_count=1, instanceConfigs=GPU,
+                              instanceHealthChecks={"deepHealthChecks": {"onStart": {"profile": "QUICK",
+                                                                                     "repairAction": action}}})
+    return cluster, group
+
+
+def test_an_instance_that_fails_its_checks_on_start_is_replaced_before_it_takes_jobs(server):
+    cluster, group = group_checking_itself_on_start(server, "REPLACE", unhealthy_first=True)
+    node = f"{group['name']}-1"
+    assert group["status"] == "ACTIVE" and node_states(server, cluster["name"])[node] == "IDLE"
+    story = [e for e in events(server, cluster["name"]) if e["node"] == node]
+    failed = next(e for e in story if e["type"] == "InstanceLaunchFailed")
+    assert "deep health check failed (QUICK)" in failed["reason"]
+    assert [e["type"] for e in story].count("InstanceLaunched") == 2
+    assert instance_of(server, node) != failed["instanceId"]
+
+
+def test_an_instance_that_fails_its_checks_on_start_is_isolated_when_asked(server):
+    cluster, group = group_checking_itself_on_start(server, "ISOLATE", unhealthy_first=True)
+    node = f"{group['name']}-1"
+    shown = openpcs_exec(server, cluster["name"], "scontrol", "show", "node", node).stdout
+    assert "openpcs: isolated: deep health check failed (QUICK)" in shown
+    kept = next(e for e in events(server, cluster["name"]) if e["type"] == "Repair")["instanceId"]
+    assert (server.data_dir / "instances" / kept).exists()
+
+
+def test_healthy_instances_pass_every_profile(server):
+    pcs = server.client()
+    cluster = create_cluster(pcs, unique())
+    for profile in ("QUICK", "MEDIUM", "LONG"):
+        group = create_node_group(pcs, cluster["id"], min_count=1, max_count=1, instanceConfigs=GPU,
+                                  instanceHealthChecks={"deepHealthChecks": {"onStart": {"profile": profile,
+                                                                                         "repairAction": "REPLACE"}}})
+        assert node_states(server, cluster["name"])[f"{group['name']}-1"] == "IDLE"
+    assert "InstanceLaunchFailed" not in [e["type"] for e in events(server, cluster["name"])]

@@ -193,7 +193,7 @@ def test_a_job_submitted_while_the_control_plane_is_down_runs_once_it_is_back(tm
     second = OpenPcs(first.data_dir).start()
     wait_job_done(second, cluster["name"], job, timeout=60)
     assert not list(requests.glob("*.resume"))
-    assert [e["node"] for e in events(second, cluster["name"]) if e["type"] == "InstanceRegistered"] == [
+    assert sorted(e["node"] for e in events(second, cluster["name"]) if e["type"] == "InstanceRegistered") == [
         f"{group['name']}-1", f"{group['name']}-2"]
 
 
@@ -207,3 +207,22 @@ def test_a_queue_that_powers_down_on_idle_stops_its_nodes_when_their_job_ends(se
     openpcs_exec(server, cluster["name"], "srun", "-p", queue["name"], "-w", node, "true", timeout=60)
     wait_node_state(server, cluster["name"], node, lambda s: "POWER" in s and "DOWN" in s, timeout=30)
     wait_until(lambda: slurmd_pid(server, node) is None, "the node's slurmd to stop")
+
+
+def test_protected_mode_ends_by_itself_after_the_cool_down(tmp_path):
+    server = OpenPcs(tmp_path / "data", None, "--protected-mode-cooldown", "3").start()
+    pcs = server.client()
+    cluster, group, queue = elastic(pcs, 0, 10)
+    openpcs(server, "inject", cluster["name"], "--node-group", group["name"], "launch-failure", "InternalError",
+            "--times", "10")
+    job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-N10",
+                       "--wrap", "true").stdout.strip()
+    wait_until(lambda: "ProtectedModeEntered" in [e["type"] for e in events(server, cluster["name"])],
+               "protected mode")
+    openpcs_exec(server, cluster["name"], "scancel", job)
+    cleared = wait_until(lambda: next((e for e in events(server, cluster["name"])
+                                       if e["type"] == "ProtectedModeCleared"), None), "the cool-down", timeout=30)
+    assert "3 s passed" in cleared["reason"]
+    wait_until(lambda: "errorInfo" not in pcs.get_compute_node_group(
+        clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=group["id"])["computeNodeGroup"],
+        "the errorInfo to clear")

@@ -1,9 +1,10 @@
 """Deep health checks an instance runs on itself before its slurmd takes jobs (deepHealthChecks.onStart).
 
-The node agent runs the checks of the node group's profile after registering: QUICK checks that the
-instance's Slurm can run at all, MEDIUM adds that its spool takes writes and the controller answers, LONG
-adds Slurm's view of its hardware and an exercise of CPU and memory. Each profile takes longer than the one
-before. A check that fails names itself; an instance `openpcs inject ... unhealthy` marked fails them all.
+PCS allows the profiles only on GPU instances (as DCGM's diagnostic levels). The node agent runs the checks
+of the node group's profile after registering: QUICK checks that the instance's Slurm runs and finds its
+GPUs, MEDIUM adds that its spool takes writes and the controller answers, LONG adds Slurm's view of its
+hardware and an exercise of CPU and memory. Each profile takes longer than the one before. A check that
+fails names itself; an instance `openpcs inject ... unhealthy` marked fails them all.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ def _not_marked(directory: Path, boot: dict, answer: dict) -> str | None:
 def _slurmd_runs(directory: Path, boot: dict, answer: dict) -> str | None:
     done = subprocess.run([boot["slurmd"], "-V"], capture_output=True, timeout=10)
     return None if done.returncode == 0 else f"slurmd -V exited {done.returncode}"
+
+
+def _gpus_found(directory: Path, boot: dict, answer: dict) -> str | None:
+    """slurmd -G loads the node's GRES as slurmd would, and fails if a GPU's device is missing."""
+    done = subprocess.run([boot["slurmd"], "-N", answer["nodeID"], "-G", "-f", boot["slurmConf"]],
+                          capture_output=True, timeout=30)
+    if done.returncode != 0 or b"Name=gpu" not in done.stdout + done.stderr:
+        return "slurmd -G found no usable GPU: " + (done.stderr.decode(errors="replace").strip().splitlines()
+                                                     or ["no output"])[-1]
+    return None
 
 
 def _spool_writable(directory: Path, boot: dict, answer: dict) -> str | None:
@@ -67,11 +78,10 @@ def _cpu_and_memory(directory: Path, boot: dict, answer: dict) -> str | None:
 
 
 Check = Callable[[Path, dict, dict], "str | None"]
+QUICK = (_not_marked, _slurmd_runs, _gpus_found)
+MEDIUM = (*QUICK, _spool_writable, _controller_answers)
 PROFILES: dict[str, tuple[Check, ...]] = {
-    "QUICK": (_not_marked, _slurmd_runs),
-    "MEDIUM": (_not_marked, _slurmd_runs, _spool_writable, _controller_answers),
-    "LONG": (_not_marked, _slurmd_runs, _spool_writable, _controller_answers, _hardware_seen, _cpu_and_memory),
-}
+    "QUICK": QUICK, "MEDIUM": MEDIUM, "LONG": (*MEDIUM, _hardware_seen, _cpu_and_memory)}
 
 
 def run(profile: str, directory: Path, boot: dict, answer: dict) -> str | None:

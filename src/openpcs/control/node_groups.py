@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..domain import instance_types
 from ..providers.base import DEEP_HEALTH_CHECK_FAILED, FAILED, GONE, RUNNING, STOPPED, InstanceStatus, ProviderError
 from ..slurm.config import compress_hostlist, node_index
-from ..slurm.nodes import POWER_DOWN_BEGUN, POWERING_DOWN, node_flags, node_is_busy, node_is_up
+from ..slurm.nodes import POWER_DOWN_BEGUN, POWERING_DOWN, POWERING_UP, node_flags, node_is_busy, node_is_up
 from ..store import events
 from ..store import instances as instance_rows
 from ..store.resources import Resource
@@ -195,7 +195,9 @@ class NodeGroups:
         down = [name for name, flag in flags.items() if (POWERING_DOWN | POWER_DOWN_BEGUN) & flag]
         if down:
             controller.scontrol("update", f"nodename={compress_hostlist(down)}", "state=power_up")
-        return [name for name in names if name not in down]
+        # A node Slurm is already powering up (asked before) is launched when its ResumeProgram runs.
+        rising = [name for name, flag in flags.items() if POWERING_UP & flag]
+        return [name for name in names if name not in down and name not in rising]
 
     def _wait_for_nodes(self, cluster: Resource, group: Resource, names: list[str]) -> None:
         if not names:

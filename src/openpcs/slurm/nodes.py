@@ -15,6 +15,8 @@ BUSY = {"ALLOCATED", "MIXED", "COMPLETING"}
 # Power saving: asked to power down (POWER_DOWN), on its way (POWERING_DOWN), done (POWERED_DOWN).
 POWERING_DOWN = {"POWER_DOWN", "POWERING_DOWN"}
 POWER_DOWN_BEGUN = {"POWERING_DOWN", "POWERED_DOWN"}
+# Asked to power up (POWER_UP), on its way (POWERING_UP): its ResumeProgram launches it.
+POWERING_UP = {"POWER_UP", "POWERING_UP"}
 _NODE_FIELD = re.compile(r"\b(NodeName|State|Reason)=(.*?)(?= \w+=|$)")
 
 
