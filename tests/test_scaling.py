@@ -145,8 +145,9 @@ def test_repeated_launch_failures_stop_the_group_launching_until_it_is_updated(s
     assert "ProtectedModeEntered" in [e["type"] for e in events(server, cluster["name"])]
     openpcs_exec(server, cluster["name"], "scancel", job)
     # While protected, its idle nodes take no jobs: Slurm would only ask for them again.
-    wait_until(lambda: "openpcs: protected mode" in openpcs_exec(
-        server, cluster["name"], "sinfo", "-h", "-R", "-o", "%E").stdout, "the group's nodes drained")
+    wait_until(lambda: all("DRAIN" in state for state in node_states(server, cluster["name"]).values()),
+               "the group's nodes drained")
+    assert "openpcs: protected mode" in openpcs_exec(server, cluster["name"], "sinfo", "-h", "-R", "-o", "%E").stdout
     # An update is the operator's word to try again.
     found = update_scaling(pcs, cluster["id"], group["id"], 0, 9)
     assert "errorInfo" not in found

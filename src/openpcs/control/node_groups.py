@@ -93,6 +93,9 @@ class NodeGroups:
             have = {i.node_name: i for i in instance_rows.of_node_group(conn, group.id)}
         missing = [name for name in static if name not in have]
         launch_now = self._power_up(cluster, missing)
+        failed = self.runtime.scaler.static_failures(group)
+        if failed:
+            raise RuntimeFailure("InstanceLaunchFailed", failed)
         if launch_now:
             launched, refused = self.fleet.launch_new(cluster, group, launch_now, self.runtime.slurmd(cluster),
                                                       f"a static node (minInstanceCount is {wanted})")
@@ -188,6 +191,8 @@ class NodeGroups:
         controller = self.runtime.controller(cluster)
         states = self.runtime.node_states(cluster)
         flags = {name: _flags(states, name) for name in names}
+        if any(flag & POWERING_DOWN and not flag & POWER_DOWN_BEGUN for flag in flags.values()):
+            raise RuntimePending(retry_after=NODES_POLL_SECONDS)  # asked to power down, not begun: ends neither way
         stopping = [name for name, flag in flags.items() if POWERING_DOWN & flag
                     or ("DRAIN" in flag and states[name][1].startswith("openpcs:"))]
         if stopping:

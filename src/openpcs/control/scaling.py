@@ -69,6 +69,12 @@ class Scaler:
         self.store, self.fleet, self.events = runtime.store, runtime.fleet, runtime.events
         self._launches: dict[str, _Launches] = {}
         self._last_scan: dict[str, float] = {}
+        self._static_failures: dict[str, str] = {}  # node group id -> why its static nodes could not launch
+
+    def static_failures(self, group: Resource) -> str | None:
+        """Why the group's static nodes could not launch since the last call (they were launched here because
+        Slurm powered them up), or None."""
+        return self._static_failures.pop(group.id, None)
 
     def run(self) -> float | None:
         """Act on every cluster's power requests, watch its launches, and scan it when due. Returns how soon to
@@ -87,10 +93,14 @@ class Scaler:
     def _run_cluster(self, cluster: Resource) -> float | None:
         with self.store.read() as conn:
             groups = {g.name: g for g in rows.children(conn, cluster.id, ids.NODE_GROUP)}
-        for path, action, hostlist in power_hook.take(self.runtime.layout.power_requests(cluster.id)):
+        requests = power_hook.take(self.runtime.layout.power_requests(cluster.id))
+        # What Slurm powers up now decides (a request may be late, or the scan may have answered it already).
+        rising = _powering_up(self.runtime.node_states(cluster)) if requests else set()
+        for path, action, hostlist in requests:
             names = expand_hostlist(hostlist)
             if action == "resume":
-                self._resume(cluster, groups, names, "Slurm's ResumeProgram asked for it (a job needs it)")
+                self._resume(cluster, groups, [n for n in names if n in rising],
+                             "Slurm's ResumeProgram asked for it (a job needs it)")
             else:
                 self._suspend(cluster, names)
             path.unlink(missing_ok=True)
@@ -139,11 +149,12 @@ class Scaler:
                 try:
                     _, refused = self.fleet.launch_new(cluster, group, names_, self.runtime.slurmd(cluster), why,
                                                        dynamic=is_dynamic, powered_up=True)
+                    detail = ""
                 except ProviderError as exc:
                     log.warning("%s: %s", group.id, exc.message)
-                    refused = {name: exc.code for name in names_}
+                    refused, detail = {name: exc.code for name in names_}, exc.message
                 if refused:
-                    self.launch_failed(cluster, group, refused)
+                    self.launch_failed(cluster, group, refused, detail)
 
     def _suspend(self, cluster: Resource, names: list[str]) -> None:
         wanted = set(names)
@@ -184,12 +195,18 @@ class Scaler:
             else:
                 self._power_down(cluster, list(refused), "openpcs: its node group is gone")
 
-    def launch_failed(self, cluster: Resource, group: Resource, refused: dict[str, str]) -> None:
+    def launch_failed(self, cluster: Resource, group: Resource, refused: dict[str, str], detail: str = "") -> None:
         """Nodes whose instance could not launch or register: powered down with PCS's reason (their jobs go to
-        other nodes or wait), and counted towards the group's back-off and protected mode."""
+        other nodes or wait), and counted towards the group's back-off and protected mode. A static node's
+        failure is also kept for control.node_groups, whose change it fails (`static_failures`)."""
         for code in sorted(set(refused.values())):
             names = [name for name, c in refused.items() if c == code]
             self._power_down(cluster, names, LAUNCH_FAILED_REASON.format(code=code), group.id)
+        minimum = group.spec["scalingConfiguration"]["minInstanceCount"]
+        static = [f"{name}: {LAUNCH_FAILED_REASON.format(code=code)}" + (f": {detail}" if detail else "")
+                  for name, code in refused.items() if node_index(name) <= minimum]
+        if static:
+            self._static_failures[group.id] = "; ".join(static)
         launches = self._launches.setdefault(group.id, _Launches())
         launches.failures += len(refused)
         launches.code = list(refused.values())[-1]
@@ -230,8 +247,10 @@ class Scaler:
         self._note(group, None)
         self.events.emit(cluster.id, events.PROTECTED_MODE_CLEARED, f"Launching again: {why}.", node_group_id=group.id)
         states = self.runtime.node_states(cluster)
-        drained = [name for name, (_, reason) in states.items()
-                   if name.rsplit("-", 1)[0] == group.name and reason.startswith(PROTECTED_REASON)]
+        # Drained for protected mode; Slurm may have written a launch failure's reason over it since.
+        drained = [name for name, (state, reason) in states.items()
+                   if name.rsplit("-", 1)[0] == group.name and "DRAIN" in node_flags(state)
+                   and reason.startswith((PROTECTED_REASON, LAUNCH_FAILED_REASON.split("(")[0]))]
         if drained:
             self.runtime.controller(cluster).scontrol("update", f"nodename={compress_hostlist(drained)}",
                                                       "state=undrain")
@@ -266,8 +285,7 @@ class Scaler:
             instances = instance_rows.of_cluster(conn, cluster.id)
         have = {i.node_name for i in instances}
         group_ids = {g.id for g in groups.values()}
-        powering_up = [name for name, (state, _) in states.items()
-                       if "POWERING_UP" in node_flags(state) and name not in have]
+        powering_up = [name for name in _powering_up(states) if name not in have]
         if powering_up:
             self._resume(cluster, groups, powering_up, "Slurm is powering it up and it had no instance")
         powered_down = {name for name, (state, _) in states.items() if "POWERED_DOWN" in node_flags(state)}
@@ -293,6 +311,10 @@ class Scaler:
                                                   "state=power_down_force", f"reason={reason}")
         for name in names:
             self.events.emit(cluster.id, events.POWERED_DOWN, reason, node_group_id=group_id, node=name)
+
+
+def _powering_up(states: dict[str, tuple[str, str]]) -> set[str]:
+    return {name for name, (state, _) in states.items() if "POWERING_UP" in node_flags(state)}
 
 
 def _min(a: float | None, b: float | None) -> float | None:
