@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import create_cluster, create_node_group, create_queue, unique
-from test_scaling import _alive, events, openpcs, slurmd_pid, wait_until
+from test_scaling import _alive, events, openpcs, slurmd_pid, until_exists, wait_until
 from test_slurm import job_state, node_states, openpcs_exec, wait_job_done
 
 
@@ -91,13 +91,14 @@ def test_an_unhealthy_node_is_replaced_once_its_job_ends(server, tmp_path):
     cluster, group, queue = group_with_checks(server, "REPLACE")
     node = f"{group['name']}-1"
     old = instance_of(server, node)
-    out = tmp_path / "out.txt"
+    out, go = tmp_path / "out.txt", tmp_path / "go"
     job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-o", str(out),
-                       "--wrap", "sleep 4; echo finished").stdout.strip()
+                       "--wrap", until_exists(go)).stdout.strip()
     wait_until(lambda: job_state(server, cluster["name"], job) == "RUNNING", "the job to start")
     openpcs(server, "inject", cluster["name"], node, "unhealthy")
     wait_until(lambda: "DRAIN" in node_states(server, cluster["name"])[node], "the node drained")
     assert instance_of(server, node) == old  # its job runs on
+    go.touch()
     wait_job_done(server, cluster["name"], job)
     assert out.read_text().strip() == "finished"
     replaced(server, cluster, node, old)

@@ -51,6 +51,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def until_exists(path) -> str:  # noqa: ANN001
+    """A job script that runs until the test creates `path`, then says so: a job that ends when the test says."""
+    return f"while [ ! -e {path} ]; do sleep 0.1; done; echo finished"
+
+
 def wait_until(condition, what: str, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while not (result := condition()):
@@ -165,13 +170,15 @@ def test_raising_max_adds_power_saving_nodes_and_lowering_it_drains_them_without
 
     update_scaling(pcs, cluster["id"], group["id"], 0, 3)
     assert {n for n in node_states(server, cluster["name"])} == {f"{name}-1", f"{name}-2", f"{name}-3"}
-    out = tmp_path / "long.txt"
+    out, go = tmp_path / "long.txt", tmp_path / "go"
     job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-w", f"{name}-3",
-                       "-o", str(out), "--wrap", "sleep 4; echo finished").stdout.strip()
+                       "-o", str(out), "--wrap", until_exists(go)).stdout.strip()
     wait_until(lambda: job_state(server, cluster["name"], job) == "RUNNING", "the job to start", timeout=60)
     pcs.update_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=group["id"],
                                   scalingConfiguration={"minInstanceCount": 0, "maxInstanceCount": 2})
     wait_node_state(server, cluster["name"], f"{name}-3", lambda s: "DRAIN" in s)
+    assert job_state(server, cluster["name"], job) == "RUNNING"
+    go.touch()
     wait_job_done(server, cluster["name"], job)
     assert out.read_text().strip() == "finished"
     wait_for(lambda: pcs.get_compute_node_group(clusterIdentifier=cluster["id"],
