@@ -31,9 +31,10 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).parent))
 from api_throughput import REGION, SUBNET, Started, free_port, read_key, wait_for_port  # noqa: E402
-from slurm_timings import PROFILE, openpcs_exec, report, wait  # noqa: E402
+from slurm_timings import PROFILE, report, wait  # noqa: E402
 
 from openpcs.control.teardown import stop_everything  # noqa: E402
+from openpcs.slurm.builds import installed  # noqa: E402
 
 GOALS = {1: 2.0, 8: 3.0, 64: 5.0, "replacement": 5.0}
 IDLE_SECONDS = 5
@@ -65,6 +66,15 @@ def epoch(iso: str) -> float:
 class Bench:
     def __init__(self, pcs, data: Path) -> None:
         self.pcs, self.data = pcs, data
+        self.bin = installed()[0].prefix / "bin"
+
+    def slurm(self, cluster: dict, *command: str) -> str:
+        """A Slurm command run straight from the cluster's build, as a user's shell under `openpcs exec` would:
+        timing through `openpcs exec` would add a Python start to every poll."""
+        conf = self.data / "clusters" / cluster["id"] / "etc" / "slurm.conf"
+        return subprocess.run([str(self.bin / command[0]), *command[1:]], check=True, capture_output=True,
+                              text=True, timeout=120,
+                              env={"SLURM_CONF": str(conf), "PATH": f"{self.bin}:/usr/bin:/bin"}).stdout
 
     def cluster(self, name: str, idle: int | None = None) -> dict:
         slurm = {"scaleDownIdleTimeInSeconds": idle} if idle else {}
@@ -86,41 +96,43 @@ class Bench:
                                       computeNodeGroupConfigurations=[{"computeNodeGroupId": group["id"]}])["queue"]
         wait(lambda: self.pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]), "queue")
 
-    def state(self, cluster: str, job: str) -> str:
-        return re.search(r"JobState=(\S+)", openpcs_exec(self.data, cluster, "scontrol", "show", "job", job))[1]
+    def state(self, cluster: dict, job: str) -> str:
+        return re.search(r"JobState=(\S+)", self.slurm(cluster, "scontrol", "show", "job", job))[1]
 
-    def from_zero(self, cluster: str, name: str, nodes: int) -> float:
+    def from_zero(self, cluster: dict, name: str, nodes: int) -> float:
         """sbatch -> RUNNING on powered-down nodes; then the nodes are powered down again for the next run."""
         t0 = time.monotonic()
-        job = openpcs_exec(self.data, cluster, "sbatch", "--parsable", "-p", f"q{name}", f"-N{nodes}",
-                           "-o", "/dev/null", "--wrap", "srun true").strip()
+        job = self.slurm(cluster, "sbatch", "--parsable", "-p", f"q{name}", f"-N{nodes}", "-o", "/dev/null",
+                         "--wrap", "srun true").strip()
         poll(lambda: self.state(cluster, job) in ("RUNNING", "COMPLETING", "COMPLETED"), f"job {job} to run")
         elapsed = time.monotonic() - t0
         poll(lambda: self.state(cluster, job) == "COMPLETED", f"job {job} to complete")
         hostlist = f"{name}-[1-{nodes}]" if nodes > 1 else f"{name}-1"
-        openpcs_exec(self.data, cluster, "scontrol", "update", f"nodename={hostlist}", "state=power_down_force")
-        poll(lambda: len(re.findall(r"POWERED_DOWN", openpcs_exec(self.data, cluster, "scontrol", "-o", "show",
-                                                                  "node", hostlist))) == nodes,
+        self.slurm(cluster, "scontrol", "update", f"nodename={hostlist}", "state=power_down_force")
+        poll(lambda: len(re.findall(r"POWERED_DOWN", self.slurm(cluster, "scontrol", "-o", "show", "node",
+                                                                hostlist))) == nodes,
              "the nodes powered down", timeout=120)
         return elapsed
 
-    def replacement(self, cluster: str, name: str) -> float:
+    def replacement(self, cluster: dict, name: str) -> float:
+        """A static node's instance dies: from the health verdict (its event's time) to the node IDLE again."""
         node = f"{name}-1"
-        before = len(events(self.data, cluster))
-        openpcs(self.data, "inject", cluster, node, "instance-death")
-        verdict = poll(lambda: next((e for e in events(self.data, cluster)[before:] if e["type"] == "HealthVerdict"),
-                                    None), "the verdict")
-        poll(lambda: [e for e in events(self.data, cluster)[before:] if e["type"] == "InstanceRegistered"],
+        before = len(events(self.data, cluster["name"]))
+        openpcs(self.data, "inject", cluster["name"], node, "instance-death")
+        # The node was IDLE before the fault: it is back once it is IDLE after a registration of a new instance.
+        poll(lambda: [e for e in events(self.data, cluster["name"])[before:] if e["type"] == "InstanceLaunched"],
              "the new instance")
-        poll(lambda: re.search(r"State=IDLE ", openpcs_exec(self.data, cluster, "scontrol", "-o", "show", "node",
-                                                            node)), "the node IDLE")
-        return time.time() - epoch(verdict["time"])
+        poll(lambda: re.search(r"State=IDLE ", self.slurm(cluster, "scontrol", "-o", "show", "node", node)),
+             "the node IDLE")
+        back = time.time()
+        verdict = next(e for e in events(self.data, cluster["name"])[before:] if e["type"] == "HealthVerdict")
+        return back - epoch(verdict["time"])
 
-    def idle_to_terminated(self, cluster: str, name: str) -> float:
-        before = len(events(self.data, cluster))
-        openpcs_exec(self.data, cluster, "srun", "-p", f"q{name}", "-w", f"{name}-2", "true")
+    def idle_to_terminated(self, cluster: dict, name: str) -> float:
+        before = len(events(self.data, cluster["name"]))
+        self.slurm(cluster, "srun", "-p", f"q{name}", "-w", f"{name}-2", "true")
         ended = time.time()
-        terminated = poll(lambda: next((e for e in events(self.data, cluster)[before:]
+        terminated = poll(lambda: next((e for e in events(self.data, cluster["name"])[before:]
                                         if e["type"] == "InstanceTerminated"), None), "the instance terminated")
         return epoch(terminated["time"]) - ended - IDLE_SECONDS
 
@@ -148,9 +160,9 @@ def main() -> int:
         bench.group_and_queue(repair, "mixed", 1, 2)
         for _ in range(args.runs):
             for size in sizes:
-                results.setdefault(size, []).append(bench.from_zero("scale", "zero", size))
-            results.setdefault("replacement", []).append(bench.replacement("repair", "mixed"))
-            results.setdefault("idle", []).append(bench.idle_to_terminated("repair", "mixed"))
+                results.setdefault(size, []).append(bench.from_zero(scale, "zero", size))
+            results.setdefault("replacement", []).append(bench.replacement(repair, "mixed"))
+            results.setdefault("idle", []).append(bench.idle_to_terminated(repair, "mixed"))
     finally:
         started.cleanup()
         stop_everything(data)

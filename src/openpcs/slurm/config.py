@@ -334,6 +334,9 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             ("JobAcctGatherType", "jobacct_gather/none"),
             ("MpiDefault", "none"),
             ("SchedulerType", "sched/backfill"),
+            # slurmctld schedules a submitted batch job at its next 1-second tick, not after up to 3 s (the default
+            # batch_sched_delay): a job sent to powered-down nodes is that much sooner running.
+            ("SchedulerParameters", "batch_sched_delay=0"),
             ("SelectType", "select/cons_tres"),
             # CPUs are consumed; memory is checked against RealMemory but not reserved (ParallelCluster's
             # default). The cluster setting SelectTypeParameters=CR_CPU_Memory makes memory consumable.
@@ -350,8 +353,9 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             ("SuspendRate", "0"),
             # Static nodes (minInstanceCount) are never powered down.
             *([("SuspendExcNodes", compress_hostlist(static))] if static else []),
-            # A node that failed to start is idle once powered down, so it can be resumed again.
-            ("SlurmctldParameters", "idle_on_node_suspend"),
+            # A node that failed to start is idle once powered down, so it can be resumed again; power saving
+            # looks for idle nodes every second rather than every 10 s.
+            ("SlurmctldParameters", "idle_on_node_suspend,power_save_interval=1"),
             # Without it a batch job on powered-up nodes waits for slurmctld's 30-second periodic check.
             ("PrologSlurmctld", paths.prolog_slurmctld),
         ]),
