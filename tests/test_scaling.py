@@ -152,7 +152,8 @@ def test_repeated_launch_failures_stop_the_group_launching_until_it_is_updated(s
     # While protected, its idle nodes take no jobs: Slurm would only ask for them again.
     wait_until(lambda: all("DRAIN" in state for state in node_states(server, cluster["name"]).values()),
                "the group's nodes drained")
-    assert "openpcs: protected mode" in openpcs_exec(server, cluster["name"], "sinfo", "-h", "-R", "-o", "%E").stdout
+    # (sinfo -R leaves out powered-down nodes; scontrol shows their reason)
+    assert "Reason=openpcs: protected mode" in openpcs_exec(server, cluster["name"], "scontrol", "show", "node").stdout
     # An update is the operator's word to try again.
     found = update_scaling(pcs, cluster["id"], group["id"], 0, 9)
     assert "errorInfo" not in found
@@ -234,3 +235,19 @@ def test_protected_mode_ends_by_itself_after_the_cool_down(tmp_path):
     wait_until(lambda: "errorInfo" not in pcs.get_compute_node_group(
         clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=group["id"])["computeNodeGroup"],
         "the errorInfo to clear")
+
+
+def test_events_follow_prints_what_happens_as_it_happens(server):
+    pcs = server.client()
+    cluster, group, _ = elastic(pcs, 0, 1)
+    follower = subprocess.Popen([sys.executable, "-m", "openpcs", "events", "--data-dir", str(server.data_dir),
+                                 cluster["name"], "--follow", "--json", "--since", "1m"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        openpcs(server, "inject", cluster["name"], "--node-group", group["name"], "launch-failure", "Unsupported")
+        event = json.loads(follower.stdout.readline())
+        assert event["type"] == "FaultInjected" and event["nodeGroup"] == group["name"]
+        assert {"time", "type", "node", "instanceId", "reason"} <= set(event)
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
