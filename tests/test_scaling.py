@@ -251,3 +251,20 @@ def test_events_follow_prints_what_happens_as_it_happens(server):
     finally:
         follower.terminate()
         follower.wait(timeout=10)
+
+
+def test_a_node_slurm_powers_up_whose_request_was_lost_is_launched_all_the_same(tmp_path):
+    first = OpenPcs(tmp_path / "data").start()
+    pcs = first.client()
+    cluster, group, queue = elastic(pcs, 0, 1)
+    first.kill9()
+    job = openpcs_exec(first, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-N1",
+                       "-o", "/dev/null", "--wrap", "true").stdout.strip()
+    requests = first.data_dir / "clusters" / cluster["id"] / "run" / "power"
+    lost = wait_until(lambda: list(requests.glob("*.resume")), "the resume request")
+    for request in lost:
+        request.unlink()  # as if it never came: only Slurm's own state says the node is wanted
+    second = OpenPcs(first.data_dir).start()
+    wait_job_done(second, cluster["name"], job, timeout=60)
+    launched = [e for e in events(second, cluster["name"]) if e["type"] == "InstanceLaunched"]
+    assert launched[0]["reason"] == "Slurm is powering it up and it had no instance"
