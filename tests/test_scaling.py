@@ -189,16 +189,24 @@ def test_raising_max_adds_power_saving_nodes_and_lowering_it_drains_them_without
     assert slurmd_pid(server, f"{name}-3") is None
 
 
-def test_a_job_submitted_while_the_control_plane_is_down_runs_once_it_is_back(tmp_path):
+def job_sent_while_down(tmp_path, nodes: int) -> tuple:  # noqa: ANN001
+    """A server killed (-9) after making a queue of `nodes` power-saving nodes, and an `srun`-free batch job on
+    all of them sent while it is down: (the dead server, cluster, group, job id, the resume requests waiting)."""
     first = OpenPcs(tmp_path / "data").start()
     pcs = first.client()
-    cluster, group, queue = elastic(pcs, 0, 2)
+    cluster, group, queue = elastic(pcs, 0, nodes)
     first.kill9()
     # slurmctld runs on; its ResumeProgram leaves the request for a control plane that is not there.
-    job = openpcs_exec(first, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-N2",
-                       "-o", str(tmp_path / "out.txt"), "--wrap", "srun true").stdout.strip()
+    job = openpcs_exec(first, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], f"-N{nodes}",
+                       "-o", "/dev/null", "--wrap", "srun true").stdout.strip()
     requests = first.data_dir / "clusters" / cluster["id"] / "run" / "power"
-    wait_until(lambda: list(requests.glob("*.resume")), "the resume request")
+    waiting = wait_until(lambda: list(requests.glob("*.resume")), "the resume request")
+    return first, cluster, group, job, waiting
+
+
+def test_a_job_submitted_while_the_control_plane_is_down_runs_once_it_is_back(tmp_path):
+    first, cluster, group, job, _ = job_sent_while_down(tmp_path, 2)
+    requests = first.data_dir / "clusters" / cluster["id"] / "run" / "power"
     second = OpenPcs(first.data_dir).start()
     wait_job_done(second, cluster["name"], job, timeout=60)
     assert not list(requests.glob("*.resume"))
@@ -254,14 +262,7 @@ def test_events_follow_prints_what_happens_as_it_happens(server):
 
 
 def test_a_node_slurm_powers_up_whose_request_was_lost_is_launched_all_the_same(tmp_path):
-    first = OpenPcs(tmp_path / "data").start()
-    pcs = first.client()
-    cluster, group, queue = elastic(pcs, 0, 1)
-    first.kill9()
-    job = openpcs_exec(first, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-N1",
-                       "-o", "/dev/null", "--wrap", "true").stdout.strip()
-    requests = first.data_dir / "clusters" / cluster["id"] / "run" / "power"
-    lost = wait_until(lambda: list(requests.glob("*.resume")), "the resume request")
+    first, cluster, _, job, lost = job_sent_while_down(tmp_path, 1)
     for request in lost:
         request.unlink()  # as if it never came: only Slurm's own state says the node is wanted
     second = OpenPcs(first.data_dir).start()

@@ -84,9 +84,8 @@ class Runtime:
         self.data_dir, self.store, self.slurm = data_dir, store, slurm
         self.region, self.account, self.api_url = region, account, api_url
         self.layout = DataLayout(data_dir)
-        self.local = LocalProvider(self.layout)
         self.events = Events(store)
-        self.fleet = Fleet(self.layout, store, Bounded(self.local), self.events, api_url, region)
+        self.fleet = Fleet(self.layout, store, Bounded(LocalProvider(self.layout)), self.events, api_url, region)
         self.drains = Drains(drain_timeout)
         self._synced: dict[str, tuple] = {}  # cluster id -> what its running configuration was rendered from
         self.node_groups = NodeGroups(self)
