@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine for openpcs: system packages, then a virtualenv in .venv with openpcs.
-#   scripts/setup.sh          what `openpcs serve` and the README's quick start need: munge, Slurm 24.11
-#                             (scripts/build-slurm.sh), openpcs with boto3 and the AWS CLI in .venv
+#   scripts/setup.sh          what `openpcs serve` and the README's quick start need: munge, MariaDB (for
+#                             clusters' accounting), Slurm 24.11 (scripts/build-slurm.sh), openpcs with
+#                             boto3 and the AWS CLI in .venv
 #   scripts/setup.sh --test   plus what the tests need (PostgreSQL, pytest, moto, ruff)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,10 @@ want_test=0
 packages=()
 # Every cluster's daemons authenticate with munge.
 command -v munged >/dev/null 2>&1 || [ -x /usr/sbin/munged ] || packages+=(munge)
+# A cluster with accounting runs slurmdbd against a MariaDB server openpcs starts itself: the server's programs
+# only (mariadbd, mariadb-install-db and the my_print_defaults it calls), without a system service.
+command -v mariadb-install-db >/dev/null 2>&1 || packages+=(mariadb-server-core)
+command -v my_print_defaults >/dev/null 2>&1 || packages+=(mariadb-client-core)
 if [ "$want_test" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     packages+=(postgresql)
 fi

@@ -22,7 +22,10 @@ from .app import (
     identity,
 )
 from .cli_nodes import events, inject
-from .cli_options import data_dir_option, database_option, existing_store, resolve_data_dir
+from .cli_options import data_dir_option, database_option, existing_store, find_cluster, resolve_data_dir
+
+# Slurm's own default for `scontrol token`.
+DEFAULT_TOKEN_LIFESPAN_SECONDS = 1800
 
 
 @click.group()
@@ -57,11 +60,16 @@ def main() -> None:
               help="Run clusters that ask for Slurm REQUESTED (e.g. 25.05) on the installed INSTALLED build (e.g. "
                    "24.11). Repeatable. Shown in the log and by 'openpcs version'; without it, versions with no "
                    "build are refused.")
+@click.option("--accounting-database", default=None, metavar="URL", envvar="OPENPCS_ACCOUNTING_DATABASE",
+              help="Keep clusters' job accounting on this MySQL or MariaDB server, mysql://ADMIN:PASSWORD@HOST[:PORT] "
+                   "(ADMIN creates a database and a user per cluster) [default: $OPENPCS_ACCOUNTING_DATABASE, else a "
+                   "MariaDB server openpcs runs in the data dir]. Prefer the variable: any user can read a command "
+                   "line.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str, port: int, data_dir: Path | None, database: str | None, region: str | None,
           max_clusters: int, reconcile: bool, workers: int, drain_timeout: float, protected_mode_cooldown: float,
-          version_map: tuple[str, ...],
+          version_map: tuple[str, ...], accounting_database: str | None,
           log_level: str) -> None:
     """Run the API and the reconcilers in the foreground."""
     import logging
@@ -77,10 +85,18 @@ def serve(host: str, port: int, data_dir: Path | None, database: str | None, reg
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--slurm-version-map") from None
     _log_slurm_builds(logging.getLogger("openpcs.serve"), slurm)
+    if accounting_database:
+        from .control.accounting import parse_server_url
+
+        try:
+            parse_server_url(accounting_database)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--accounting-database") from None
     directory = resolve_data_dir(data_dir)
     sock = bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
-    service = Service(directory, database, region, url, slurm, drain_timeout, protected_mode_cooldown)
+    service = Service(directory, database, region, url, slurm, drain_timeout, protected_mode_cooldown,
+                      accounting_database)
     (directory / "server.json").write_text(json.dumps({"url": url, "region": service.identity.region,
                                                        "pid": os.getpid(), "slurm": slurm.describe()}) + "\n")
     if reconcile:
@@ -178,24 +194,10 @@ def credentials_revoke(data_dir: Path | None, database: str | None, access_key_i
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(data_dir: Path | None, database: str | None, cluster: str, command: tuple[str, ...]) -> None:
     """Run a Slurm command against CLUSTER (its name or id): openpcs exec demo -- sinfo."""
-    from .domain import ids
-    from .layout import DataLayout
-    from .slurm.controller import SlurmController
-    from .store import resources as rows
-
     command = command[1:] if command[0] == "--" else command  # `--` is optional; click keeps it here
     if not command:
         raise click.UsageError("Name a Slurm command to run, e.g. openpcs exec demo -- sinfo")
-    directory = resolve_data_dir(data_dir)
-    with existing_store(data_dir, database).read() as conn:
-        found = rows.find(conn, ids.CLUSTER, cluster)
-    if found is None:
-        raise click.ClickException(f"No cluster {cluster!r} in this openpcs (data dir {directory}). "
-                                   "'aws pcs list-clusters' lists them.")
-    controller = SlurmController(DataLayout(directory), found.id, None)
-    build = controller.recorded_build()
-    if build is None or not controller.conf.exists():
-        raise click.ClickException(f"Cluster {found.name} ({found.id}) is {found.status} and has no running Slurm yet.")
+    found, controller, build = _cluster_slurm(data_dir, database, cluster)
     # The cluster's own build first on PATH, so a script or tool run here calls its sbatch, whatever else is installed.
     path = f"{Path(build['prefix']) / 'bin'}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
     try:
@@ -203,6 +205,46 @@ def exec_(data_dir: Path | None, database: str | None, cluster: str, command: tu
     except FileNotFoundError:
         raise click.ClickException(f"{command[0]}: command not found. Slurm's client commands (sbatch, srun, squeue, "
                                    f"sinfo, scontrol, scancel) are in {build['prefix']}/bin.") from None
+
+
+@main.command()
+@data_dir_option
+@database_option
+@click.argument("cluster")
+@click.option("--user", default=None, help="Whom the token speaks for [default: the user running this command].")
+@click.option("--lifespan", default=DEFAULT_TOKEN_LIFESPAN_SECONDS, show_default=True, type=click.IntRange(1),
+              metavar="SECONDS", help="How long the token is valid.")
+def token(data_dir: Path | None, database: str | None, cluster: str, user: str | None, lifespan: int) -> None:
+    """Print a JSON Web Token for CLUSTER's Slurm REST API (slurmRest mode STANDARD). Send it as the header
+    X-SLURM-USER-TOKEN, with X-SLURM-USER-NAME: USER."""
+    import getpass
+    import subprocess
+
+    found, controller, build = _cluster_slurm(data_dir, database, cluster)
+    if found.spec["slurmConfiguration"]["slurmRest"]["mode"] != "STANDARD":
+        raise click.ClickException(f"Cluster {found.name} has no Slurm REST API: turn it on with 'aws pcs "
+                                   f"update-cluster --cluster-identifier {found.name} --slurm-configuration "
+                                   "slurmRest={mode=STANDARD}'.")
+    done = subprocess.run([str(Path(build["prefix"]) / "bin" / "scontrol"), "token",
+                           f"username={user or getpass.getuser()}", f"lifespan={lifespan}"],
+                          capture_output=True, text=True, env={**os.environ, "SLURM_CONF": str(controller.conf)})
+    if done.returncode != 0 or not done.stdout.startswith("SLURM_JWT="):
+        raise click.ClickException(f"Slurm made no token: {(done.stderr or done.stdout).strip()}")
+    click.echo(done.stdout.strip().removeprefix("SLURM_JWT="))
+
+
+def _cluster_slurm(data_dir: Path | None, database: str | None, cluster: str):
+    """(cluster, its SlurmController, the build it runs) for a command against its Slurm."""
+    from .layout import DataLayout
+    from .slurm.controller import SlurmController
+
+    directory = resolve_data_dir(data_dir)
+    found = find_cluster(existing_store(data_dir, database), directory, cluster)
+    controller = SlurmController(DataLayout(directory), found.id, None)
+    build = controller.recorded_build()
+    if build is None or not controller.conf.exists():
+        raise click.ClickException(f"Cluster {found.name} ({found.id}) is {found.status} and has no running Slurm yet.")
+    return found, controller, build
 
 
 @main.command()

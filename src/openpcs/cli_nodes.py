@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import orjson
 
-from .cli_options import data_dir_option, database_option, existing_store, resolve_data_dir
+from .cli_options import data_dir_option, database_option, existing_store, find_cluster, resolve_data_dir
 from .domain import ids
 from .store import events as event_rows
 from .store import resources as rows
@@ -21,15 +21,6 @@ FOLLOW_POLL_SECONDS = 0.5
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 NODE_FAULTS = ("instance-death", "unresponsive", "unhealthy")
-
-
-def _cluster(store: Store, directory: Path, identifier: str) -> Resource:
-    with store.read() as conn:
-        found = rows.find(conn, ids.CLUSTER, identifier)
-    if found is None:
-        raise click.ClickException(f"No cluster {identifier!r} in this openpcs (data dir {directory}). "
-                                   "'aws pcs list-clusters' lists them.")
-    return found
 
 
 def _node_group(store: Store, cluster: Resource, identifier: str) -> Resource:
@@ -89,7 +80,7 @@ def events(data_dir: Path | None, database: str | None, cluster: str, node_group
     health verdicts, repairs and failures. Answers "why did my node go away?"."""
     directory = resolve_data_dir(data_dir)
     store = existing_store(data_dir, database)
-    found = _cluster(store, directory, cluster)
+    found = find_cluster(store, directory, cluster)
     group_id = _node_group(store, found, node_group).id if node_group else None
     with store.read() as conn:
         groups = {g.id: g.name for g in rows.children(conn, found.id, ids.NODE_GROUP)}
@@ -134,7 +125,7 @@ def inject(data_dir: Path | None, database: str | None, cluster: str, fault: tup
 
     directory = resolve_data_dir(data_dir)
     store = existing_store(data_dir, database)
-    found = _cluster(store, directory, cluster)
+    found = find_cluster(store, directory, cluster)
     provider = LocalProvider(DataLayout(directory))
     if node_group is not None:
         if len(fault) != 2 or fault[0] != "launch-failure":

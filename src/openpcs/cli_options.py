@@ -7,7 +7,10 @@ from pathlib import Path
 import click
 
 from .app import default_data_dir, open_store
+from .domain import ids
+from .store import resources as rows
 from .store.db import Store
+from .store.resources import Resource
 
 data_dir_option = click.option(
     "--data-dir", type=click.Path(path_type=Path), default=None,
@@ -29,3 +32,13 @@ def existing_store(data_dir: Path | None, database: str | None) -> Store:
         raise click.ClickException(f"No openpcs data in {directory}. Pass the --data-dir (and --database) that "
                                    "'openpcs serve' uses, or start it once to create them.")
     return open_store(directory, database)
+
+
+def find_cluster(store: Store, directory: Path, identifier: str) -> Resource:
+    """A cluster by name or id, or a message saying how to list them."""
+    with store.read() as conn:
+        found = rows.find(conn, ids.CLUSTER, identifier)
+    if found is None:
+        raise click.ClickException(f"No cluster {identifier!r} in this openpcs (data dir {directory}). "
+                                   "'aws pcs list-clusters' lists them.")
+    return found

@@ -1,13 +1,19 @@
 """Where things live in the data dir: one place that knows the paths, for every process that needs them.
 
-    DATA/clusters/<cluster id>/   munge.key, etc/ (slurm.conf ...), state/, run/ (pid files, daemon
-                                  records, applied-config.json, power/ requests), ports.json,
-                                  slurm-build.json, faults.json
-    /run/openpcs/<hash>/          the cluster's munge socket and slurmd spool dirs (short paths: sockets)
+    DATA/clusters/<cluster id>/   munge.key, jwt.key, accounting.password, etc/ (slurm.conf,
+                                  slurmdbd.conf ...), state/, run/ (pid files, daemon records,
+                                  applied-config.json, power/ requests), ports.json, slurm-build.json,
+                                  faults.json
+    DATA/mariadb/                 the host's MariaDB server for accounting: data/, its daemon record,
+                                  ports.json
+    /run/openpcs/<hash>/          the cluster's munge socket and slurmd spool dirs (short paths: sockets),
+                                  etc/ (a copy of its configuration that anyone may read, for slurmrestd)
     /run/openpcs/ports/<port>     host-wide claim of a TCP port by a cluster (control.ports)
     DATA/instances/<instance id>/ bootstrap.json, the instance's munge key, its daemon record
-    DATA/logs/<cluster id>/       munged, slurmctld and slurmd logs; kept after the cluster is deleted;
-                                  nodes/<node>/, the working dir of a node's slurmd and job steps
+    DATA/logs/<cluster id>/       munged, slurmctld, slurmdbd, slurmrestd and slurmd logs; kept after the
+                                  cluster is deleted; nodes/<node>/, the working dir of a node's slurmd
+                                  and job steps
+    DATA/logs/mariadb/            the MariaDB server's log
 """
 
 from __future__ import annotations
@@ -50,6 +56,11 @@ class DataLayout:
         digest = hashlib.sha256(str(self.cluster_dir(cluster_id).resolve()).encode()).hexdigest()[:10]
         return SOCKET_BASE / digest
 
+    def readable_conf_dir(self, cluster_id: str) -> Path:
+        """A copy of the cluster's slurm.conf, cgroup.conf and gres.conf (none holds a secret) that a daemon
+        running as `nobody` can read: slurmrestd reads its configuration after it drops root."""
+        return self.socket_dir(cluster_id) / "etc"
+
     def munge_socket(self, cluster_id: str) -> Path:
         return self.socket_dir(cluster_id) / "munge.socket"
 
@@ -58,6 +69,22 @@ class DataLayout:
 
     def log_dir(self, cluster_id: str) -> Path:
         return self.data_dir / "logs" / cluster_id
+
+    def jwt_key(self, cluster_id: str) -> Path:
+        """The key slurmctld signs and checks slurmrestd's JSON Web Tokens with (AuthAltParameters=jwt_key)."""
+        return self.cluster_dir(cluster_id) / "jwt.key"
+
+    def accounting_password(self, cluster_id: str) -> Path:
+        """The password of the cluster's own database user, which its slurmdbd logs in with."""
+        return self.cluster_dir(cluster_id) / "accounting.password"
+
+    def mariadb_dir(self) -> Path:
+        return self.data_dir / "mariadb"
+
+    def mariadb_socket(self) -> Path:
+        """The MariaDB server's unix socket, where openpcs manages its databases and users (as its own OS user)."""
+        digest = hashlib.sha256(str(self.mariadb_dir().resolve()).encode()).hexdigest()[:10]
+        return SOCKET_BASE / digest / "mariadb.sock"
 
     def faults(self, cluster_id: str) -> Path:
         """Faults injected into the cluster's launches (`openpcs inject`), read by the local provider."""
@@ -77,9 +104,11 @@ class DataLayout:
 
     def daemon_records(self) -> list[Path]:
         """Every daemon the data dir's clusters run (openpcs.processes records), in the order to stop them:
-        node agents, slurmd, slurmctld, munged."""
-        return [*self.data_dir.glob("agents/*.json"), *self.data_dir.glob("instances/*/slurmd.json"),
-                *self.data_dir.glob("clusters/*/run/slurmctld.json"), *self.data_dir.glob("clusters/*/run/munged.json")]
+        node agents, slurmd, slurmrestd, slurmctld, slurmdbd, munged, and the MariaDB server."""
+        clusters = [*self.data_dir.glob("agents/*.json"), *self.data_dir.glob("instances/*/slurmd.json")]
+        for daemon in ("slurmrestd", "slurmctld", "slurmdbd", "munged"):
+            clusters += self.data_dir.glob(f"clusters/*/run/{daemon}.json")
+        return [*clusters, *self.mariadb_dir().glob("mariadb.json")]
 
     def shared_secret(self, cluster_id: str) -> bytes | None:
         """The cluster's munge key, for RegisterComputeNodeGroupInstance; None until the cluster has one."""

@@ -95,6 +95,14 @@ def adopt(record: Path) -> Daemon | None:
     return None
 
 
+def recorded_argv(record: Path) -> list[str] | None:
+    """The command line the recorded daemon was started with; None without a record."""
+    try:
+        return orjson.loads(record.read_bytes())["argv"]
+    except FileNotFoundError:
+        return None
+
+
 def stop(record: Path, timeout: float = 10.0) -> None:
     """Stop the recorded daemon and everything in its session: SIGTERM, then SIGKILL after `timeout`; then
     whatever still works in a directory it owns."""

@@ -47,12 +47,16 @@ def _bindable(port: int) -> bool:
 
 
 class Ports:
-    """One cluster's ports: {"slurmctld": port, ..., "nodes": {node name: port}}."""
+    """One owner's ports, kept in its ports.json: a cluster's {"slurmctld": port, ..., "nodes": {node name: port}},
+    or the host's MariaDB server's {"mariadb": port}."""
 
-    def __init__(self, layout: DataLayout, cluster_id: str) -> None:
-        self.layout, self.cluster_id = layout, cluster_id
-        self.path = layout.cluster_dir(cluster_id) / "ports.json"
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.data = self._read(self.path)
+
+    @classmethod
+    def of_cluster(cls, layout: DataLayout, cluster_id: str) -> Ports:
+        return cls(layout.cluster_dir(cluster_id) / "ports.json")
 
     @staticmethod
     def _read(path: Path) -> dict:
@@ -62,7 +66,7 @@ class Ports:
             return {"nodes": {}}
 
     def daemon(self, name: str) -> int:
-        """The port of one of the cluster's daemons: slurmctld, slurmdbd, slurmrestd."""
+        """The port of one of the owner's daemons: slurmctld, slurmdbd, slurmrestd, mariadb."""
         if name not in self.data:
             self.data[name] = self._allocate(1)[0]
             self._save()
@@ -82,7 +86,7 @@ class Ports:
         return {name: kept[name] for name in names}
 
     def release(self) -> None:
-        """Give up every port of the cluster (it is being deleted)."""
+        """Give up every port of the owner (it is being deleted)."""
         self._unclaim(_ports_in(self.data))
         self.data = {"nodes": {}}
         self.path.unlink(missing_ok=True)

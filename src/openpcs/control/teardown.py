@@ -15,11 +15,13 @@ from .ports import Ports
 
 
 def stop_everything(data_dir: Path, timeout: float = 5.0) -> None:
-    """Stop every daemon recorded under `data_dir` by PID (node agents, slurmd, slurmctld, munged), then
-    remove its clusters' socket dirs and release their ports."""
+    """Stop every daemon recorded under `data_dir` by PID (node agents, slurmd, slurmrestd, slurmctld, slurmdbd,
+    munged, the MariaDB server), then remove their socket dirs and release their ports."""
     layout = DataLayout(data_dir)
     for record in layout.daemon_records():
         processes.stop(record, timeout=timeout)
     for cluster in data_dir.glob("clusters/*"):
         shutil.rmtree(layout.socket_dir(cluster.name), ignore_errors=True)
-        Ports(layout, cluster.name).release()
+        Ports.of_cluster(layout, cluster.name).release()
+    shutil.rmtree(layout.mariadb_socket().parent, ignore_errors=True)
+    Ports(layout.mariadb_dir() / "ports.json").release()

@@ -99,6 +99,8 @@ class ClusterSpec:
     paths: SlurmPaths
     resume_timeout_seconds: int = DEFAULT_RESUME_TIMEOUT    # ResumeTimeout
     suspend_timeout_seconds: int = DEFAULT_SUSPEND_TIMEOUT  # SuspendTimeout
+    accounting_port: int | None = None   # the cluster's slurmdbd on 127.0.0.1 (accounting STANDARD); None: off
+    jwt_key: str | None = None           # the key file of JSON Web Tokens (slurmRest STANDARD); None: off
 
 
 def node_names(group: NodeGroupSpec) -> list[str]:
@@ -331,7 +333,8 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
         ("Jobs: no cgroups, since all nodes share this host's cgroup tree", [
             ("ProctrackType", "proctrack/linuxproc"),
             ("TaskPlugin", "task/none"),
-            ("JobAcctGatherType", "jobacct_gather/none"),
+            # With accounting, each step's CPU and memory use is sampled for sacct and sstat.
+            ("JobAcctGatherType", "jobacct_gather/linux" if spec.accounting_port else "jobacct_gather/none"),
             ("MpiDefault", "none"),
             ("SchedulerType", "sched/backfill"),
             # slurmctld schedules a submitted batch job at its next 1-second tick, not after up to 3 s (the default
@@ -359,7 +362,26 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             # Without it a batch job on powered-up nodes waits for slurmctld's 30-second periodic check.
             ("PrologSlurmctld", paths.prolog_slurmctld),
         ]),
+        *([("Accounting: the cluster's slurmdbd, reached through the cluster's munged", [
+            ("AccountingStorageType", "accounting_storage/slurmdbd"),
+            ("AccountingStorageHost", "127.0.0.1"),
+            ("AccountingStoragePort", str(spec.accounting_port)),
+            # The munge socket to authenticate to slurmdbd with (else munge's default socket, not the cluster's).
+            ("AccountingStoragePass", paths.munge_socket),
+        ])] if spec.accounting_port else []),
+        *([("Slurm REST API: slurmrestd passes on the JSON Web Tokens slurmctld signs with this key", [
+            ("AuthAltTypes", "auth/jwt"),
+            ("AuthAltParameters", _with_jwt_key(spec.jwt_key, spec.custom_settings)),
+        ])] if spec.jwt_key else []),
     ]
+
+
+def _with_jwt_key(key: str, custom_settings: Sequence[tuple[str, str]]) -> str:
+    """AuthAltParameters naming the cluster's JWT key, with whatever else the cluster's own AuthAltParameters
+    says (disable_token_creation, say): the custom setting adds to the line rather than replacing the key."""
+    custom = [value for name, value in custom_settings if _key(name) == "authaltparameters"]
+    extra = [item for item in (custom[-1].split(",") if custom else []) if item and not item.startswith("jwt_key=")]
+    return ",".join([f"jwt_key={key}", *extra])
 
 
 _LINE_KEYS = frozenset({"nodename", "partitionname", "nodeset", "downnodes", "frontendname", "include"})
@@ -388,7 +410,9 @@ def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dic
     for title, settings in _global_sections(spec, gres_types, static):
         out.append(f"\n# {title}\n")
         for name, value in settings:
-            name, value = custom.pop(_key(name), (name, value))
+            own = custom.pop(_key(name), (name, value))
+            if not (spec.jwt_key and _key(name) == "authaltparameters"):  # that one merges the two (_with_jwt_key)
+                name, value = own
             out.append(f"{name}={_format_value(value)}\n")
     if custom:
         out.append("\n# The cluster's slurmCustomSettings\n")
@@ -508,8 +532,8 @@ def _gres_conf(spec: ClusterSpec, gres: dict[str, list[_Gres]]) -> str:
 # while jobs run. scontrol(1) names what it cannot change: the daemons' listening ports and authentication.
 # Where the state is saved, and the cluster's name, are added to those: a running slurmctld must not move.
 RESTART_PARAMETERS = frozenset(name.lower() for name in """
-AuthAltParameters AuthAltTypes AuthInfo AuthType ClusterName CredType SlurmctldHost SlurmctldPort SlurmdPort
-StateSaveLocation
+AccountingStorageHost AccountingStoragePass AccountingStoragePort AccountingStorageType AuthAltParameters AuthAltTypes
+AuthInfo AuthType ClusterName CredType SlurmctldHost SlurmctldPort SlurmdPort StateSaveLocation
 """.split())
 # A node's own listening port (and address) is the same: its slurmd restarts.
 _RESTART_NODE_FIELDS = frozenset({"port", "nodeaddr", "nodehostname"})

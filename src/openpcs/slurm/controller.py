@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -28,19 +27,17 @@ from .. import processes
 from ..control.failures import RuntimeFailure, RuntimePending
 from ..files import write_private
 from ..layout import DataLayout
+from ..readiness import wait_ready
 from .builds import SlurmBuild
 
 log = logging.getLogger("openpcs.slurm")
 
-START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 15.0
 # A slurmctld that runs but does not answer (starting, saving state, reconfiguring, busy) is waited for this
 # long before a command against it counts as failed. Its own errors (a refused update) fail at once.
 CONTROLLER_PATIENCE_SECONDS = 30.0
 _UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connection refused",
                 "Zero Bytes were transmitted or received", "Slurm backup controller in standby mode")
-# Lines of a daemon's log that say why it stopped.
-_REASON = re.compile(r"\b(fatal|error):\s*(.*)")
 
 
 def munged_binary() -> str:
@@ -147,7 +144,7 @@ class SlurmController:
     def ensure_running(self) -> None:
         """munged, then slurmctld answering `scontrol ping`; each adopted if it already runs (and then waited
         for: one adopted after a crash of the server may still be starting or saving its state)."""
-        self._ensure_munged()
+        self.ensure_munged()
         daemon = processes.adopt(self.run_dir / "slurmctld.json")
         if daemon is None:
             self._start_slurmctld()
@@ -227,7 +224,8 @@ class SlurmController:
                                      f"runs but did not answer for {CONTROLLER_PATIENCE_SECONDS:.0f} s: {problem}")
             time.sleep(0.2)
 
-    def _ensure_munged(self) -> None:
+    def ensure_munged(self) -> None:
+        """The cluster's munged, started or adopted (slurmdbd needs it before slurmctld starts)."""
         record = self.run_dir / "munged.json"
         if processes.adopt(record) is not None:
             return
@@ -240,7 +238,7 @@ class SlurmController:
             [munged_binary(), "--foreground", "--force", f"--key-file={self.layout.munge_key(self.cluster_id)}",
              f"--socket={socket}", f"--pid-file={self.run_dir / 'munged.pid'}", f"--log-file={log}",
              f"--seed-file={self.run_dir / 'munged.seed'}"], record, self.log_dir / "munged.out", cwd=self.log_dir)
-        self._wait("munged", daemon, lambda: socket.exists(), [log, self.log_dir / "munged.out"])
+        wait_ready("munged", daemon, lambda: socket.exists(), [log, self.log_dir / "munged.out"])
 
     def _start_slurmctld(self) -> None:
         if self.build_changed():
@@ -254,40 +252,9 @@ class SlurmController:
         # Its working directory is its log dir: a core dump lands there, never where serve was started.
         daemon = processes.spawn([self.binary("slurmctld"), "-D", "-f", str(self.conf)],
                                  self.run_dir / "slurmctld.json", out, env=self.env(), cwd=self.log_dir)
-        self._wait("slurmctld", daemon, self.ping, [out], offset)
+        wait_ready("slurmctld", daemon, self.ping, [out], offset)
         self._mark_applied()
-
-    def _wait(self, name: str, daemon: processes.Daemon, ready, logs: list[Path], offset: int = 0) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if ready():
-                return
-            if not daemon.alive():
-                raise RuntimeFailure(f"{name.capitalize()}Failed",
-                                     f"{name} did not start: {_reason(logs, offset) or 'it exited without a message'}"
-                                     f" (log: {logs[0]})")
-            time.sleep(0.02)
-        processes.terminate(daemon)
-        raise RuntimeFailure(f"{name.capitalize()}Failed", f"{name} did not answer within {START_TIMEOUT_SECONDS:.0f}"
-                                                           f" s: {_reason(logs, offset) or 'no error logged'}")
 
 
 def _release(version: str) -> str:
     return ".".join(version.split(".")[:2])
-
-
-def _reason(logs: list[Path], offset: int) -> str:
-    """Slurm's own words for why a daemon stopped: its last error lines and its fatal one, since `offset`."""
-    found: dict[str, list[str]] = {"fatal": [], "error": []}
-    for log in logs:
-        try:
-            with open(log, "rb") as handle:
-                handle.seek(offset if log == logs[0] else 0)
-                text = handle.read().decode(errors="replace")
-        except FileNotFoundError:
-            continue
-        for match in _REASON.finditer(text):
-            found[match.group(1)].append(match.group(2).strip())
-    # The errors usually name the cause ("Bad SelectTypeParameter: X"), the fatal line the consequence.
-    errors = [line for line in dict.fromkeys(found["error"]) if "pmix" not in line.lower() and "MPI" not in line]
-    return "; ".join(errors[-3:] + found["fatal"][-1:])
