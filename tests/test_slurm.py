@@ -19,8 +19,9 @@ from conftest import OpenPcs, create_cluster, create_node_group, create_queue, u
 
 def openpcs_exec(server: OpenPcs, cluster: str, *command: str, check: bool = True,
                  timeout: float = 120) -> subprocess.CompletedProcess:
+    # Run in the data dir: a job's default output file (slurm-<id>.out) lands in sbatch's working directory.
     done = subprocess.run([sys.executable, "-m", "openpcs", "exec", "--data-dir", str(server.data_dir), cluster,
-                           "--", *command], capture_output=True, text=True, timeout=timeout)
+                           "--", *command], capture_output=True, text=True, timeout=timeout, cwd=server.data_dir)
     if check and done.returncode != 0:
         raise AssertionError(f"openpcs exec {cluster} -- {' '.join(command)}: {done.stderr}")
     return done
