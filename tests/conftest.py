@@ -206,7 +206,8 @@ def wait_for(fetch: Callable[[], dict], key: str, statuses: tuple[str, ...], tim
         if item["status"] in statuses:
             return item
         if time.monotonic() > deadline:
-            raise AssertionError(f"{key} stayed {item['status']}, expected one of {statuses}")
+            raise AssertionError(f"{key} stayed {item['status']}, expected one of {statuses}; errorInfo: "
+                                 f"{item.get('errorInfo')}")
         time.sleep(0.05)
 
 

@@ -147,16 +147,17 @@ def test_update_cluster(pcs):
     assert slurm["scaleDownIdleTimeInSeconds"] == 120
     assert slurm["accounting"] == {"mode": "STANDARD", "defaultPurgeTimeInDays": 30}
     assert slurm["slurmRest"] == {"mode": "STANDARD"}
-    # slurmdbd and slurmrestd do not run yet: no endpoint nothing serves, and the cluster says why.
-    assert "jwtAuth" not in slurm
-    assert active["endpoints"] == cluster["endpoints"]  # SLURMCTLD alone, on the port it had
-    assert [e["code"] for e in active["errorInfo"]] == ["AccountingNotRunning", "SlurmRestNotRunning"]
-    assert "does not run slurmdbd yet" in active["errorInfo"][0]["message"]
-    # Back to NONE, the notices go.
+    # slurmdbd and slurmrestd run (tests/test_accounting.py uses them): each is an endpoint; the JWT key is a
+    # reference to a secret.
+    assert "errorInfo" not in active
+    assert active["endpoints"][0] == cluster["endpoints"][0]  # SLURMCTLD, on the port it had
+    assert [e["type"] for e in active["endpoints"]] == ["SLURMCTLD", "SLURMDBD", "SLURMRESTD"]
+    assert slurm["jwtAuth"]["jwtKey"]["secretArn"].endswith(f"slurmrest-jwt-key-{cluster['id']}")
     pcs.update_cluster(clusterIdentifier=cluster["id"], slurmConfiguration={
         "accounting": {"mode": "NONE"}, "slurmRest": {"mode": "NONE"}})
     settled = wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("ACTIVE",))
-    assert "errorInfo" not in settled
+    assert "errorInfo" not in settled and "jwtAuth" not in settled["slurmConfiguration"]
+    assert settled["endpoints"] == cluster["endpoints"]
 
 
 def test_deleting_resources_refuse_new_work(pcs):

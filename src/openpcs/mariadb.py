@@ -93,6 +93,7 @@ class MariaDBServer:
             log.info("stopping MariaDB: no cluster has accounting on")
         processes.stop(self.record, STOP_TIMEOUT_SECONDS)
         self.ports.release()
+        shutil.rmtree(self.socket.parent, ignore_errors=True)  # nothing but the server's socket lives there
 
     def _answers(self) -> bool:
         if not self.socket.exists():

@@ -86,6 +86,18 @@ class AccountingDatabases:
             cursor.execute(f"GRANT ALL ON `{name}`.* TO %s@'%%'", (name,))
         return Storage(host, port, name, password, name)
 
+    def registered(self, cluster_id: str) -> bool:
+        """True once slurmctld has added its cluster to the database (its slurmdbd made the tables first)."""
+        name = database_name(cluster_id)
+        with self._admin() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = %s AND "
+                           "table_name = 'cluster_table'", (name,))
+            if not cursor.fetchone()[0]:
+                return False
+            cursor.execute(f"SELECT COUNT(*) FROM `{name}`.cluster_table WHERE name = %s AND deleted = 0",
+                           (cluster_id,))
+            return bool(cursor.fetchone()[0])
+
     def drop(self, cluster_id: str) -> None:
         """Drop the cluster's database and user, if it ever had them; its slurmdbd must have stopped."""
         if not self.layout.accounting_password(cluster_id).exists():

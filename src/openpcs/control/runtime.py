@@ -129,6 +129,8 @@ class Runtime:
         accounting, rest = _wants_accounting(cluster), _wants_rest(cluster)
         if accounting:
             self._ensure_slurmdbd(cluster)  # first: slurmctld adds its cluster to the database when it starts
+            if not self.accounting.registered(cluster.id):
+                self.controller(cluster).forget_cluster_id()
         self.sync_config(cluster)
         if not accounting:
             SlurmDbd(self.layout, cluster.id, None).stop()  # its database stays, for when accounting is back

@@ -98,6 +98,13 @@ class SlurmController:
             write_private(self.build_record, orjson.dumps(self.build.as_dict()))
         return kept
 
+    def forget_cluster_id(self) -> None:
+        """Let slurmctld take its cluster id from the accounting database at its next start. A cluster that ran
+        without accounting made up an id of its own (state/clustername); slurmdbd hands out another one when it
+        first sees the cluster, and slurmctld then stops with "CLUSTER ID MISMATCH" (measured). Removing the file is
+        the override Slurm's message names; the id matters only to federations, which openpcs does not make."""
+        (self.state_dir / "clustername").unlink(missing_ok=True)
+
     def env(self) -> dict[str, str]:
         """The environment for Slurm's commands against this cluster: its configuration, its build's commands
         first on PATH (for programs that call Slurm's commands by name)."""

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 
 from .. import processes
+from ..control.failures import RuntimeFailure
 from ..files import write_private
 from ..layout import DataLayout
 from ..readiness import listening, wait_ready
@@ -88,16 +89,27 @@ class SlurmDbd:
         self.log_dir = layout.log_dir(cluster_id)
 
     def ensure_running(self, text: str, port: int) -> None:
-        """slurmdbd running by slurmdbd.conf `text`: started, adopted, or restarted if the file changed."""
-        changed = not self.conf.exists() or self.conf.read_text() != text
-        if changed:
-            write_private(self.conf, text.encode())
+        """slurmdbd running by slurmdbd.conf `text`: started, adopted, or restarted if the file changed. If it will
+        not run by the new file, the old one is put back (and run) before the RuntimeFailure goes up."""
+        previous = self.conf.read_text() if self.conf.exists() else None
         daemon = processes.adopt(self.record)
-        if daemon is not None and not changed:
+        if daemon is not None and previous == text:
             return
+        if previous != text:
+            write_private(self.conf, text.encode())
         if daemon is not None:
             log.info("cluster %s: restarting slurmdbd for its new slurmdbd.conf", self.cluster_id)
             processes.stop(self.record, STOP_TIMEOUT_SECONDS)
+        try:
+            self._start(port)
+        except RuntimeFailure:
+            if previous is not None and previous != text:
+                write_private(self.conf, previous.encode())
+                if daemon is not None:
+                    self._start(port)
+            raise
+
+    def _start(self, port: int) -> None:
         assert self.build is not None
         out = self.log_dir / "slurmdbd.out"
         self.log_dir.mkdir(parents=True, exist_ok=True)

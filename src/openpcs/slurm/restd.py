@@ -21,11 +21,13 @@ import logging
 import os
 import pwd
 import secrets
+import urllib.error
+import urllib.request
 
 from .. import processes
 from ..files import write_private
 from ..layout import DataLayout
-from ..readiness import listening, wait_ready
+from ..readiness import wait_ready
 from .builds import SlurmBuild
 
 log = logging.getLogger("openpcs.slurm")
@@ -42,6 +44,18 @@ def ensure_jwt_key(layout: DataLayout, cluster_id: str) -> str:
     if not path.exists():
         write_private(path, secrets.token_bytes(JWT_KEY_BYTES))
     return str(path)
+
+
+def answers(port: int) -> bool:
+    """slurmrestd itself answers at the port (401 to a request without a token), not merely something that
+    accepts connections there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi/v3", timeout=0.5):
+            return True
+    except urllib.error.HTTPError as error:
+        return error.code == 401
+    except OSError:
+        return False
 
 
 def _unprivileged() -> list[str]:
@@ -83,7 +97,7 @@ class SlurmRestd:
         offset = out.stat().st_size if out.exists() else 0
         env = {**os.environ, "SLURM_CONF": str(self.readable_conf), "SLURM_JWT": "daemon"}
         daemon = processes.spawn(argv, self.record, out, env=env, cwd=self.log_dir)
-        wait_ready("slurmrestd", daemon, lambda: listening(port), [out], offset)
+        wait_ready("slurmrestd", daemon, lambda: answers(port), [out], offset)
 
     def _copy_config(self) -> None:
         self.readable_conf.parent.mkdir(parents=True, exist_ok=True)
