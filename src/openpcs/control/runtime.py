@@ -9,7 +9,8 @@ A cluster's Slurm configuration is rendered (slurm.config.render, a pure functio
 its queues and node groups, including those being deleted until they have drained (control.draining);
 whenever it changes, slurmctld re-reads it (slurm.config.plan_reload says when it must restart instead).
 Its state is saved on stop, so queued and running jobs carry on. Node groups' instances are
-control.node_groups' (static nodes) and control.scaling's (power-saving nodes), through control.fleet.
+control.node_groups' (static nodes) and control.scaling's (power-saving nodes), through control.fleet; a
+cluster's slurmdbd and slurmrestd are control.services'.
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ from ..providers.local import LocalProvider
 from ..slurm import config as slurm_config
 from ..slurm.builds import Catalog, VersionUnavailable
 from ..slurm.controller import SlurmController
-from ..slurm.dbd import DbdSpec, SlurmDbd, render_slurmdbd_conf
 from ..slurm.nodes import node_states
-from ..slurm.restd import SlurmRestd, ensure_jwt_key
+from ..slurm.restd import ensure_jwt_key
 from ..store import instances as instance_rows
 from ..store import resources as rows
 from ..store.db import Store
@@ -49,6 +49,7 @@ from .health import Health
 from .node_groups import NodeGroups, instance_type
 from .ports import Ports
 from .scaling import PROTECTED_MODE_COOLDOWN_SECONDS, Scaler
+from .services import ClusterServices, wants_accounting, wants_rest
 
 __all__ = ["Runtime", "RuntimeFailure", "RuntimePending"]
 
@@ -88,7 +89,8 @@ class Runtime:
         self.data_dir, self.store, self.slurm = data_dir, store, slurm
         self.region, self.account, self.api_url = region, account, api_url
         self.layout = DataLayout(data_dir)
-        self.accounting = AccountingDatabases(self.layout, accounting_database)
+        self.services = ClusterServices(self.layout, AccountingDatabases(self.layout, accounting_database),
+                                        self._live_clusters)
         self.events = Events(store)
         self.fleet = Fleet(self.layout, store, Bounded(LocalProvider(self.layout)), self.events, api_url, region)
         self.drains = Drains(drain_timeout)
@@ -126,35 +128,16 @@ class Runtime:
                 write_private(key, secrets.token_bytes(MUNGE_KEY_BYTES))
 
         self._guard("prepare the cluster's directory and secret", prepare)
-        accounting, rest = _wants_accounting(cluster), _wants_rest(cluster)
-        if accounting:
-            self._ensure_slurmdbd(cluster)  # first: slurmctld adds its cluster to the database when it starts
-            if not self.accounting.registered(cluster.id):
-                self.controller(cluster).forget_cluster_id()
+        controller = self.controller(cluster)
+        self.services.before_slurmctld(cluster, controller)
         self.sync_config(cluster)
-        if not accounting:
-            SlurmDbd(self.layout, cluster.id, None).stop()  # its database stays, for when accounting is back
-            self._release_accounting_server()
-        restd = SlurmRestd(self.layout, cluster.id, self.controller(cluster).build)
-        if rest:
-            restd.ensure_running(self._port(cluster, "slurmrestd"), accounting)
-        else:
-            restd.stop()
+        self.services.after_slurmctld(cluster, controller)
         state = {key: value for key, value in cluster.state.items() if key not in ("errorInfo", "notices", "jwtAuth")}
         state.setdefault("authKey", {
             "secretArn": f"arn:aws:secretsmanager:{self.region}:{self.account}:secret:pcs!slurm-secret-"
                          f"{cluster.id}",
             "secretVersion": str(uuid.uuid5(uuid.NAMESPACE_URL, cluster.id))})
-        endpoints = [("SLURMCTLD", "slurmctld", True), ("SLURMDBD", "slurmdbd", accounting),
-                     ("SLURMRESTD", "slurmrestd", rest)]
-        state["endpoints"] = [{"type": kind, "privateIpAddress": "127.0.0.1", "port": str(self._port(cluster, daemon))}
-                              for kind, daemon, running in endpoints if running]
-        if rest:  # a reference to the key, never the key (`openpcs token` makes tokens with it)
-            state["jwtAuth"] = {"jwtKey": {
-                "secretArn": f"arn:aws:secretsmanager:{self.region}:{self.account}:secret:pcs!slurmrest-jwt-key-"
-                             f"{cluster.id}",
-                "secretVersion": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{cluster.id}/jwt"))}}
-        return state
+        return {**state, **self.services.state(cluster, self.region, self.account)}
 
     def heal_cluster(self, cluster: Resource) -> None:
         """Start an ACTIVE cluster's munged, slurmctld, slurmdbd (and its MariaDB) or slurmrestd again if it has
@@ -165,60 +148,22 @@ class Runtime:
         elif not controller.daemons_alive():
             log.warning("cluster %s: its munged or slurmctld had stopped; starting it again", cluster.id)
             controller.ensure_running()
-        accounting = _wants_accounting(cluster)
-        if accounting and not (SlurmDbd(self.layout, cluster.id, None).alive() and self.accounting.server_alive()):
-            log.warning("cluster %s: its slurmdbd or the accounting database server had stopped; starting it again",
-                        cluster.id)
-            self._ensure_slurmdbd(cluster)
-        restd = SlurmRestd(self.layout, cluster.id, controller.build)
-        if _wants_rest(cluster) and not restd.alive():
-            log.warning("cluster %s: its slurmrestd had stopped; starting it again", cluster.id)
-            restd.ensure_running(self._port(cluster, "slurmrestd"), accounting)
+        self.services.heal(cluster, controller)
 
     def remove_cluster(self, cluster: Resource) -> None:
         with self.store.read() as conn:
             leftover = instance_rows.of_cluster(conn, cluster.id)  # none, normally: node groups go first
         self.fleet.terminate(cluster, leftover, "its cluster is being deleted")
-        SlurmRestd(self.layout, cluster.id, None).stop()
-        self.controller(cluster, stopping=True).stop()  # slurmctld sends what it has left to slurmdbd as it stops
-        SlurmDbd(self.layout, cluster.id, None).stop()
-        self.accounting.drop(cluster.id)  # the cluster is gone: so are its accounting records
-        self._release_accounting_server(leaving=cluster.id)
+        self.services.remove(cluster, self.controller(cluster, stopping=True))
         self._synced.pop(cluster.id, None)
         Ports.of_cluster(self.layout, cluster.id).release()
         for directory in (self.layout.socket_dir(cluster.id), self.layout.cluster_dir(cluster.id)):
             self._guard("remove the cluster's files",
                         lambda d=directory: shutil.rmtree(d) if d.exists() else None)
 
-    def _ensure_slurmdbd(self, cluster: Resource) -> None:
-        """The cluster's database (and the MariaDB server openpcs runs, if it is the one), munged and slurmdbd."""
-        storage = self.accounting.ensure(cluster.id)
-        controller = self.controller(cluster)
-        controller.ensure_munged()
-        accounting = cluster.spec["slurmConfiguration"]
-        spec = DbdSpec(
-            port=self._port(cluster, "slurmdbd"),
-            munge_socket=str(self.layout.munge_socket(cluster.id)),
-            log_file=str(self.layout.log_dir(cluster.id) / "slurmdbd.log"),
-            pid_file=str(self.layout.run_dir(cluster.id) / "slurmdbd.pid"),
-            storage_host=storage.host, storage_port=storage.port, storage_user=storage.user,
-            storage_password=storage.password, storage_database=storage.database,
-            purge_days=accounting["accounting"].get("defaultPurgeTimeInDays", -1),
-            custom_settings=_settings(accounting.get("slurmdbdCustomSettings")),
-            jwt_key=ensure_jwt_key(self.layout, cluster.id) if _wants_rest(cluster) else None)
-        SlurmDbd(self.layout, cluster.id, controller.build).ensure_running(render_slurmdbd_conf(spec), spec.port)
-
-    def _port(self, cluster: Resource, daemon: str) -> int:
-        """The port of one of the cluster's daemons, allocated the first time. Read afresh each time: a Ports held
-        across another allocation would write its stale view back over it."""
-        return Ports.of_cluster(self.layout, cluster.id).daemon(daemon)
-
-    def _release_accounting_server(self, leaving: str | None = None) -> None:
-        """Stop the MariaDB server openpcs runs once no cluster (but `leaving`) has accounting on."""
+    def _live_clusters(self) -> list[Resource]:
         with self.store.read() as conn:
-            clusters = rows.page(conn, ids.CLUSTER, "", 0, sys.maxsize)
-        if not any(_wants_accounting(c) for c in clusters if c.id != leaving and c.status != "DELETING"):
-            self.accounting.release_server()
+            return [c for c in rows.page(conn, ids.CLUSTER, "", 0, sys.maxsize) if c.status != "DELETING"]
 
     # -- compute node groups (control.node_groups) ----------------------------------------------------------
 
@@ -360,8 +305,8 @@ class Runtime:
             suspend_program=str(self._power_script(cluster, "suspend")),
             prolog_slurmctld=str(self._prolog_script(cluster)))
         return slurm_config.ClusterSpec(
-            accounting_port=ports.daemon("slurmdbd") if _wants_accounting(cluster) else None,
-            jwt_key=ensure_jwt_key(self.layout, cluster.id) if _wants_rest(cluster) else None,
+            accounting_port=ports.daemon("slurmdbd") if wants_accounting(cluster) else None,
+            jwt_key=ensure_jwt_key(self.layout, cluster.id) if wants_rest(cluster) else None,
             cluster_name=cluster.id, controller_port=ports.daemon("slurmctld"),
             scale_down_idle_seconds=slurm["scaleDownIdleTimeInSeconds"],
             custom_settings=_settings(slurm.get("slurmCustomSettings")),
@@ -401,14 +346,6 @@ class Runtime:
         return path
 
 
-
-
-def _wants_accounting(cluster: Resource) -> bool:
-    return cluster.spec["slurmConfiguration"]["accounting"]["mode"] == "STANDARD"
-
-
-def _wants_rest(cluster: Resource) -> bool:
-    return cluster.spec["slurmConfiguration"]["slurmRest"]["mode"] == "STANDARD"
 
 
 def _node_counts(group: Resource, highest_running: int) -> tuple[int, int]:
