@@ -31,6 +31,7 @@ from openpcs.slurm.config import (
     plan_reload,
     render,
 )
+from openpcs.slurm.dbd import PURGE_SETTINGS, DbdSpec, render_slurmdbd_conf
 
 GOLDEN = Path(__file__).parent / "golden" / "slurm"
 UPDATE = os.environ.get("OPENPCS_UPDATE_GOLDEN") == "1"
@@ -82,6 +83,12 @@ CASES = {
                              (("Name", "mps"), ("Count", "100")))),
          group("cpu", 0, 2, first_port=20100)],
         [QueueSpec("all", ("gpu", "cpu"), ())]),
+    # slurmdbd and slurmrestd: the accounting lines, and the JWT key added to the cluster's own AuthAltParameters.
+    "accounting-and-rest": dataclasses.replace(
+        cluster([group("cpu", 1, 2)], [QueueSpec("batch", ("cpu",), ())],
+                custom=(("AuthAltParameters", "disable_token_creation"),
+                        ("AccountingStorageEnforce", "associations,limits"))),
+        accounting_port=16819, jwt_key=f"{ROOT}/jwt.key"),
 }
 
 
@@ -279,3 +286,17 @@ def test_golden_files_exist_for_every_case():
 def test_expand_hostlist(expression: str, names: list[str]) -> None:
     assert expand_hostlist(expression) == names
     assert expand_hostlist(compress_hostlist(names)) == names
+
+
+def test_slurmdbd_conf_sets_every_purge_and_lets_custom_settings_win() -> None:
+    spec = DbdSpec(port=16819, munge_socket="/run/m.sock", log_file="/l/slurmdbd.log", pid_file="/r/slurmdbd.pid",
+                   storage_host="127.0.0.1", storage_port=3306, storage_user="openpcs_x", storage_password="s3cret",
+                   storage_database="openpcs_x", purge_days=30,
+                   custom_settings=(("purgejobafter", "12months"), ("CommitDelay", "1")), jwt_key="/k/jwt.key")
+    settings = dict(line.split("=", 1) for line in render_slurmdbd_conf(spec).splitlines() if "=" in line)
+    assert settings["purgejobafter"] == "12months" and "PurgeJobAfter" not in settings  # replaced, case aside
+    assert all(settings[name] == "30days" for name in PURGE_SETTINGS if name != "PurgeJobAfter")
+    assert settings["CommitDelay"] == "1" and settings["StoragePass"] == "s3cret"
+    assert settings["AuthAltTypes"] == "auth/jwt" and settings["AuthAltParameters"] == "jwt_key=/k/jwt.key"
+    forever = render_slurmdbd_conf(dataclasses.replace(spec, purge_days=-1, custom_settings=(), jwt_key=None))
+    assert "Purge" not in forever and "AuthAlt" not in forever  # -1 keeps records forever

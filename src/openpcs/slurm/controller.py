@@ -29,6 +29,7 @@ from ..files import write_private
 from ..layout import DataLayout
 from ..readiness import wait_ready
 from .builds import SlurmBuild
+from .config import RENDERED_FILES
 
 log = logging.getLogger("openpcs.slurm")
 
@@ -116,10 +117,9 @@ class SlurmController:
     # -- configuration ------------------------------------------------------------------------------
 
     def read_config(self) -> dict[str, str]:
-        """The configuration files as last written (empty before the first write)."""
-        if not self.conf.parent.is_dir():
-            return {}
-        return {path.name: path.read_text() for path in self.conf.parent.glob("*.conf")}
+        """The rendered configuration files as last written (empty before the first write)."""
+        found = {name: self.conf.with_name(name) for name in RENDERED_FILES}
+        return {name: path.read_text() for name, path in found.items() if path.exists()}
 
     def check_config(self, files: dict[str, str]) -> None:
         """Have Slurm's parser read slurm.conf before it is used: RuntimeFailure with its words if it refuses."""

@@ -29,6 +29,7 @@ from ..files import write_private
 from ..layout import DataLayout
 from ..readiness import wait_ready
 from .builds import SlurmBuild
+from .config import RENDERED_FILES
 
 log = logging.getLogger("openpcs.slurm")
 
@@ -102,7 +103,7 @@ class SlurmRestd:
     def _copy_config(self) -> None:
         self.readable_conf.parent.mkdir(parents=True, exist_ok=True)
         self.readable_conf.parent.chmod(0o755)
-        for name in ("slurm.conf", "cgroup.conf", "gres.conf"):
+        for name in RENDERED_FILES:
             source = self.slurm_conf.with_name(name)
             if source.exists():
                 target = self.readable_conf.with_name(name)
