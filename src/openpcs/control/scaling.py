@@ -216,7 +216,7 @@ class Scaler:
             message = self._protection_message(group, launches)
             log.warning("%s: %s", group.id, message)
             self.events.emit(cluster.id, events.PROTECTED_MODE, message, node_group_id=group.id)
-            self._drain_idle_nodes(cluster, group)
+            self._drain_idle_nodes(cluster, group, self.runtime.node_states(cluster))
             self._note(group, {"code": "ProtectedMode", "message": message})
 
     def _protected(self, group_id: str) -> bool:
@@ -262,14 +262,16 @@ class Scaler:
                     time.monotonic() - launches.protected_since >= self.cooldown:
                 self.clear_protection(cluster, group, f"{self.cooldown:.0f} s passed since it stopped")
 
-    def _drain_idle_nodes(self, cluster: Resource, group: Resource) -> None:
+    def _drain_idle_nodes(self, cluster: Resource, group: Resource, states: dict[str, tuple[str, str]]) -> None:
         """In protected mode, the group's power-saving nodes without an instance take no jobs: Slurm would only
-        ask for them again."""
+        ask for them again. Done on entering it and at every scan while it lasts: a node whose power-down ends
+        after the drain comes back IDLE (SlurmctldParameters=idle_on_node_suspend clears DRAIN)."""
         with self.store.read() as conn:
             have = {i.node_name for i in instance_rows.of_node_group(conn, group.id)}
         scaling = group.spec["scalingConfiguration"]
         idle = [f"{group.name}-{n}" for n in range(scaling["minInstanceCount"] + 1, scaling["maxInstanceCount"] + 1)
-                if f"{group.name}-{n}" not in have]
+                if f"{group.name}-{n}" not in have and f"{group.name}-{n}" in states
+                and "DRAIN" not in node_flags(states[f"{group.name}-{n}"][0])]
         if idle:
             launches = self._launches[group.id]
             self.runtime.controller(cluster).scontrol(
@@ -281,6 +283,9 @@ class Scaler:
 
     def _scan(self, cluster: Resource, groups: dict[str, Resource]) -> None:
         states = self.runtime.node_states(cluster)
+        for group in groups.values():
+            if self._protected(group.id):
+                self._drain_idle_nodes(cluster, group, states)
         with self.store.read() as conn:
             instances = instance_rows.of_cluster(conn, cluster.id)
         have = {i.node_name for i in instances}
