@@ -25,11 +25,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import boto3
-
 sys.path.insert(0, str(Path(__file__).parent))
-from api_throughput import REGION, SUBNET, Started, free_port, read_key, wait_for_port  # noqa: E402
-from slurm_timings import PROFILE, report, wait  # noqa: E402
+from api_throughput import SUBNET, Started  # noqa: E402
+from slurm_timings import PROFILE, report, serve, wait  # noqa: E402
 
 from openpcs.control.teardown import stop_everything  # noqa: E402
 from openpcs.slurm.builds import installed  # noqa: E402
@@ -104,15 +102,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the data dir (logs)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="openpcs-accounting-bench-"))
-    data, port, started = work / "data", free_port(), Started()
+    data, started = work / "data", Started()
     rows, latencies = [], []
     try:
-        proc = started.spawn("openpcs", [sys.executable, "-m", "openpcs", "serve", "--port", str(port),
-                                         "--data-dir", str(data), "--log-level", "warning"], work / "serve.log")
-        wait_for_port(port, proc, "openpcs", work / "serve.log")
-        key = read_key(data)
-        bench = Bench(boto3.client("pcs", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
-                                   aws_access_key_id=key[0], aws_secret_access_key=key[1]), data)
+        data, pcs = serve(started, work)
+        bench = Bench(pcs, data)
         cluster = bench.cluster()
         on, off = {"accounting": {"mode": "STANDARD"}}, {"accounting": {"mode": "NONE"}, "slurmRest": {"mode": "NONE"}}
         first = bench.update(cluster, on)

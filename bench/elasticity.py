@@ -27,11 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import boto3
-
 sys.path.insert(0, str(Path(__file__).parent))
-from api_throughput import REGION, SUBNET, Started, free_port, read_key, wait_for_port  # noqa: E402
-from slurm_timings import PROFILE, report, wait  # noqa: E402
+from api_throughput import SUBNET, Started  # noqa: E402
+from slurm_timings import PROFILE, report, serve, wait  # noqa: E402
 
 from openpcs.control.teardown import stop_everything  # noqa: E402
 from openpcs.slurm.builds import installed  # noqa: E402
@@ -145,15 +143,11 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="openpcs-elasticity-bench-"))
-    data, port, started = work / "data", free_port(), Started()
+    data, started = work / "data", Started()
     results: dict[str | int, list[float]] = {}
     try:
-        proc = started.spawn("openpcs", [sys.executable, "-m", "openpcs", "serve", "--port", str(port),
-                                         "--data-dir", str(data), "--log-level", "warning"], work / "serve.log")
-        wait_for_port(port, proc, "openpcs", work / "serve.log")
-        key = read_key(data)
-        bench = Bench(boto3.client("pcs", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
-                                   aws_access_key_id=key[0], aws_secret_access_key=key[1]), data)
+        data, pcs = serve(started, work)
+        bench = Bench(pcs, data)
         scale = bench.cluster("scale")
         bench.group_and_queue(scale, "zero", 0, max(sizes))
         repair = bench.cluster("repair", idle=IDLE_SECONDS)

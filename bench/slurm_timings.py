@@ -32,6 +32,18 @@ PROFILE = "arn:aws:iam::123456789012:instance-profile/AWSPCS-bench"
 GOALS = {"cluster": 1.0, 32: 3.0, 256: 10.0}
 
 
+def serve(started: Started, work: Path) -> tuple[Path, object]:
+    """`openpcs serve` on a fresh data dir (work/data) and a free port, started by `started`: (the data dir, a
+    boto3 PCS client signed with its key)."""
+    data, port = work / "data", free_port()
+    proc = started.spawn("openpcs", [sys.executable, "-m", "openpcs", "serve", "--port", str(port),
+                                     "--data-dir", str(data), "--log-level", "warning"], work / "serve.log")
+    wait_for_port(port, proc, "openpcs", work / "serve.log")
+    key = read_key(data)
+    return data, boto3.client("pcs", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
+                              aws_access_key_id=key[0], aws_secret_access_key=key[1])
+
+
 def wait(fetch, key: str, status: str = "ACTIVE", timeout: float = 300.0) -> float:
     started = time.monotonic()
     while True:
@@ -55,15 +67,10 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="openpcs-slurm-bench-"))
-    data, port, started = work / "data", free_port(), Started()
+    data, started = work / "data", Started()
     results: list[tuple[str, float, float | None]] = []
     try:
-        proc = started.spawn("openpcs", [sys.executable, "-m", "openpcs", "serve", "--port", str(port),
-                                         "--data-dir", str(data), "--log-level", "warning"], work / "serve.log")
-        wait_for_port(port, proc, "openpcs", work / "serve.log")
-        key = read_key(data)
-        pcs = boto3.client("pcs", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
-                           aws_access_key_id=key[0], aws_secret_access_key=key[1])
+        data, pcs = serve(started, work)
         t0 = time.monotonic()
         cluster = pcs.create_cluster(clusterName="bench", scheduler={"type": "SLURM", "version": "24.11"},
                                      size="LARGE", networking={"subnetIds": [SUBNET]})["cluster"]

@@ -17,6 +17,8 @@ command -v munged >/dev/null 2>&1 || [ -x /usr/sbin/munged ] || packages+=(munge
 # only (mariadbd, mariadb-install-db and the my_print_defaults it calls), without a system service.
 command -v mariadb-install-db >/dev/null 2>&1 || packages+=(mariadb-server-core)
 command -v my_print_defaults >/dev/null 2>&1 || packages+=(mariadb-client-core)
+# The README's quick start talks to a cluster's Slurm REST API with curl.
+command -v curl >/dev/null 2>&1 || packages+=(curl)
 if [ "$want_test" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     packages+=(postgresql)
 fi
