@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -542,3 +543,19 @@ def test_a_slurmctld_whose_port_is_taken_fails_with_slurms_words(tmp_path):
     healed = wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("ACTIVE",), timeout=30)
     assert "errorInfo" not in healed or not healed["errorInfo"]
     assert "is UP" in openpcs_exec(second, cluster["name"], "scontrol", "ping").stdout
+
+
+def test_a_slurmctld_that_stops_answering_is_restarted_and_the_update_goes_through(server):
+    """A slurmctld that runs but answers nothing (Slurm 24.11.5 was seen stuck so in a reconfigure; SIGSTOP makes
+    one here) is restarted once it has not answered for 30 s, rather than failing every change meanwhile."""
+    pcs = server.client()
+    cluster = create_cluster(pcs, unique())
+    record = server.data_dir / "clusters" / cluster["id"] / "run" / "slurmctld.json"
+    stuck = _record_pid(record)
+    os.kill(stuck, signal.SIGSTOP)
+    pcs.update_cluster(clusterIdentifier=cluster["id"], slurmConfiguration={"scaleDownIdleTimeInSeconds": 900})
+    wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("ACTIVE",), timeout=120)
+    assert _record_pid(record) != stuck
+    assert "SuspendTime             = 900 sec" in openpcs_exec(server, cluster["name"], "scontrol", "show",
+                                                                "config").stdout
+    assert "has not answered for 30 s; restarting it" in server.log()

@@ -154,9 +154,11 @@ TERM_REPEAT_SECONDS = 0.5
 
 
 def terminate(daemon: Daemon, timeout: float = 10.0) -> None:
-    """SIGTERM to the daemon's session, repeated until it exits; SIGKILL after `timeout`."""
+    """SIGTERM to the daemon's session, repeated until it exits; SIGKILL after `timeout`. A stopped (SIGSTOP)
+    daemon is continued, so that it can act on the SIGTERM."""
     deadline = time.monotonic() + timeout
     while daemon.alive() and time.monotonic() < deadline and _signal(daemon, signal.SIGTERM):
+        _signal(daemon, signal.SIGCONT)
         _wait_gone(daemon, min(deadline, time.monotonic() + TERM_REPEAT_SECONDS))
     if daemon.alive() and _signal(daemon, signal.SIGKILL):
         _wait_gone(daemon, time.monotonic() + 5.0)

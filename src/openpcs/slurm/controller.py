@@ -37,6 +37,8 @@ STOP_TIMEOUT_SECONDS = 15.0
 # A slurmctld that runs but does not answer (starting, saving state, reconfiguring, busy) is waited for this
 # long before a command against it counts as failed. Its own errors (a refused update) fail at once.
 CONTROLLER_PATIENCE_SECONDS = 30.0
+# A reconfigure answers within a second; one that has not after this long is stuck (see reconfigure).
+RECONFIGURE_PATIENCE_SECONDS = 15.0
 _UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connection refused",
                 "Zero Bytes were transmitted or received", "Slurm backup controller in standby mode")
 
@@ -162,8 +164,10 @@ class SlurmController:
                 self._start_slurmctld()
                 return
             if time.monotonic() > deadline:
-                raise RuntimeFailure("SlurmControllerUnreachable", f"slurmctld (pid {daemon.pid}) runs but did not "
-                                     f"answer for {CONTROLLER_PATIENCE_SECONDS:.0f} s (log: {self.log_dir})")
+                log.warning("cluster %s: slurmctld (pid %d) runs but has not answered for %.0f s; restarting it (its "
+                            "state is saved first)", self.cluster_id, daemon.pid, CONTROLLER_PATIENCE_SECONDS)
+                self.restart_slurmctld()
+                return
             time.sleep(0.05)
 
     def restart_slurmctld(self) -> None:
@@ -172,8 +176,21 @@ class SlurmController:
         self._start_slurmctld()
 
     def reconfigure(self) -> None:
-        """Have slurmctld and every slurmd re-read the configuration."""
-        self.scontrol("reconfigure")
+        """Have slurmctld and every slurmd re-read the configuration.
+
+        Slurm 24.11.5 was seen (once, in a full test run, on a cluster whose nodes were registering) to never
+        finish a reconfigure: it stopped answering every request, its listeners quiesced, until a SIGTERM
+        arrived minutes later. So a reconfigure that gets no answer within RECONFIGURE_PATIENCE_SECONDS restarts
+        slurmctld instead, which applies the same files (its state is saved first; jobs carry on)."""
+        try:
+            self.run("scontrol", "reconfigure", patience=RECONFIGURE_PATIENCE_SECONDS)
+        except RuntimeFailure as failure:
+            if failure.code != "SlurmControllerUnreachable":
+                raise
+            log.warning("cluster %s: slurmctld did not finish its reconfigure; restarting it (%s)", self.cluster_id,
+                        failure.message)
+            self.restart_slurmctld()
+            return
         self._mark_applied()
 
     def applied_config(self) -> dict[str, str]:
@@ -206,12 +223,12 @@ class SlurmController:
     def scontrol(self, *args: str) -> str:
         return self.run("scontrol", *args)
 
-    def run(self, command: str, *args: str) -> str:
+    def run(self, command: str, *args: str, patience: float = CONTROLLER_PATIENCE_SECONDS) -> str:
         """A Slurm client command against this cluster; its output, or RuntimeFailure with its error.
 
-        While slurmctld runs but cannot be reached, the command is tried again for CONTROLLER_PATIENCE_SECONDS;
-        if slurmctld is not running at all, RuntimePending: the next pass starts it and asks again."""
-        deadline = time.monotonic() + CONTROLLER_PATIENCE_SECONDS
+        While slurmctld runs but cannot be reached, the command is tried again for `patience` seconds; if
+        slurmctld is not running at all, RuntimePending: the next pass starts it and asks again."""
+        deadline = time.monotonic() + patience
         while True:
             try:
                 done = subprocess.run([self.binary(command), *args], env=self.env(), capture_output=True, text=True,
@@ -228,7 +245,7 @@ class SlurmController:
                 raise RuntimePending(retry_after=0.5)
             if time.monotonic() > deadline:
                 raise RuntimeFailure("SlurmControllerUnreachable", f"{command} {' '.join(args)} failed: slurmctld "
-                                     f"runs but did not answer for {CONTROLLER_PATIENCE_SECONDS:.0f} s: {problem}")
+                                     f"runs but did not answer for {patience:.0f} s: {problem}")
             time.sleep(0.2)
 
     def ensure_munged(self) -> None:
