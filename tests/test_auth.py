@@ -316,4 +316,4 @@ def test_the_cli_env_points_at_the_service_files(server):
     env = server.cli_env()
     assert Path(env["AWS_SHARED_CREDENTIALS_FILE"]) == (server.data_dir / "credentials").resolve()
     assert env["AWS_PROFILE"] == "openpcs"
-    assert env["AWS_ENDPOINT_URL_PCS"] == server.url
+    assert env["AWS_ENDPOINT_URL_PCS"] == env["AWS_ENDPOINT_URL_SAGEMAKER"] == server.url

@@ -13,6 +13,7 @@ import random
 import socket
 import sqlite3
 import struct
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
 from conftest import SUBNET, OpenPcs, unique
 
 from openpcs.api.http import HEADER_TIMEOUT, MAX_HEADER_BYTES
@@ -155,11 +157,24 @@ def test_aws_json_content_types_are_accepted(server, content_type):
 
 # --- The operation: X-Amz-Target -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("target", [f"{PREFIX}.NoSuchOperation", f"{PREFIX}.", "SageMaker.ListClusters",
+@pytest.mark.parametrize("target", [f"{PREFIX}.NoSuchOperation", f"{PREFIX}.", "Other.ListClusters",
                                     "ListClusters", f"{PREFIX}.listclusters"])
 def test_an_unknown_operation_is_a_validation_error(server, target):
     body = assert_validation(send(server, b"{}", target=target), reason="unknownOperation")
     assert "operation" in body["message"].lower()
+
+
+def test_a_sagemaker_operation_openpcs_does_not_serve_is_an_unknown_operation_not_a_500(server):
+    """The SageMaker front door: botocore's sagemaker model, AWS JSON 1.1, SigV4 with signing name sagemaker."""
+    sagemaker = server.client("sagemaker")
+    with pytest.raises(ClientError) as refused:
+        sagemaker.list_clusters()
+    assert refused.value.response["Error"]["Code"] == "UnknownOperationException"
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "ListClusters" in refused.value.response["Error"]["Message"]
+    cli = subprocess.run(["aws", "sagemaker", "list-clusters"], env=server.cli_env(), capture_output=True,
+                         text=True, timeout=60)  # the AWS CLI finds the endpoint through `openpcs env`
+    assert cli.returncode != 0 and "UnknownOperationException" in cli.stderr and "Traceback" not in cli.stderr
 
 
 def test_a_missing_target_is_a_validation_error(server):

@@ -22,6 +22,7 @@ from .control.scaling import PROTECTED_MODE_COOLDOWN_SECONDS
 from .layout import DataLayout
 from .pcs.handlers import PcsHandlers, ServiceContext
 from .pcs.views import Views
+from .sagemaker.handlers import SageMakerHandlers
 from .slurm.builds import Catalog
 from .store.db import Store, sqlite_url
 
@@ -110,5 +111,6 @@ def build_api(data_dir: Path, database: str | None, max_clusters: int, scheduler
                              max_clusters=max_clusters, shared_secret=DataLayout(data_dir).shared_secret,
                              scheduler_versions=tuple(scheduler_versions))
     pcs = Frontend(load_service("pcs"), Dispatcher(store, PcsHandlers(context), after_write=after_write))
+    sagemaker = Frontend(load_service("sagemaker"), Dispatcher(store, SageMakerHandlers(), after_write=after_write))
     keys = KeyCache(store)
-    return ApiApp([pcs], SigV4Verifier(keys.secret, region=who.region), keys.scope), store
+    return ApiApp([pcs, sagemaker], SigV4Verifier(keys.secret, region=who.region), keys.scope), store

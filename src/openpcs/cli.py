@@ -140,7 +140,9 @@ def env(data_dir: Path | None) -> None:
         "AWS_PROFILE": PROFILE,
         "AWS_DEFAULT_REGION": server["region"],
         "AWS_REGION": server["region"],
-        "AWS_ENDPOINT_URL_PCS": server["url"],  # the services openpcs serves, and only those
+        # the services openpcs serves, and only those
+        "AWS_ENDPOINT_URL_PCS": server["url"],
+        "AWS_ENDPOINT_URL_SAGEMAKER": server["url"],
     }
     for name, value in exports.items():
         click.echo(f"export {name}={shlex.quote(value)}")

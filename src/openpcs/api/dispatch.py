@@ -47,6 +47,10 @@ class Dispatcher:
     def __init__(self, store: Store, handlers: object, after_write: Callable[[], None]) -> None:
         self.store, self.handlers, self.after_write = store, handlers, after_write
 
+    def serves(self, operation_name: str) -> bool:
+        """Whether the handlers implement this operation of the model."""
+        return callable(getattr(self.handlers, operation_name, None))
+
     def call(self, operation: OperationModel, params: dict[str, Any]) -> dict[str, Any]:
         handler = getattr(self.handlers, operation.name)
         if is_read(operation):

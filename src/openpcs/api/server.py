@@ -92,6 +92,9 @@ class ApiApp:
                 raise ApiError("ValidationException",
                                f"Unknown operation {target!r}. The X-Amz-Target header must name an operation "
                                f"of {', '.join(self.frontends)}.", reason="unknownOperation")
+            if not frontend.dispatcher.serves(operation_name):
+                raise ApiError("UnknownOperationException",
+                               f"openpcs does not serve {prefix}'s {operation_name} operation (yet).", status=400)
             scope = self.scope_of(caller)
             if scope is not None and scope != f"{frontend.service.signing_name}:{operation_name}":
                 raise ApiError("AccessDeniedException", f"User: {caller} is not authorized to perform: "
