@@ -67,6 +67,7 @@ class Ports:
 
     def daemon(self, name: str) -> int:
         """The port of one of the owner's daemons: slurmctld, slurmdbd, slurmrestd, mariadb."""
+        self._reload()
         if name not in self.data:
             self.data[name] = self._allocate(1)[0]
             self._save()
@@ -74,6 +75,7 @@ class Ports:
 
     def nodes(self, names: list[str]) -> dict[str, int]:
         """Ports of these nodes, allocating any that have none; the other nodes' ports are released."""
+        self._reload()
         current = self.data["nodes"]
         missing = [name for name in names if name not in current]
         kept = {name: current[name] for name in names if name in current}
@@ -90,6 +92,11 @@ class Ports:
         self._unclaim(_ports_in(self.data))
         self.data = {"nodes": {}}
         self.path.unlink(missing_ok=True)
+
+    def _reload(self) -> None:
+        """Read ports.json again before changing it: another Ports of the same owner may have allocated since
+        this one read it, and saving a stale view would take that allocation back."""
+        self.data = self._read(self.path)
 
     def _save(self) -> None:
         write_private(self.path, orjson.dumps(self.data, option=orjson.OPT_SORT_KEYS))

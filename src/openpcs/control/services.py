@@ -34,8 +34,7 @@ def wants_rest(cluster: Resource) -> bool:
 
 
 def port(layout: DataLayout, cluster: Resource, daemon: str) -> int:
-    """The port of one of the cluster's daemons, allocated the first time. Read afresh each time: a Ports held
-    across another allocation would write its stale view back over it."""
+    """The port of one of the cluster's daemons, allocated the first time."""
     return Ports.of_cluster(layout, cluster.id).daemon(daemon)
 
 
