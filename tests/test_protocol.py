@@ -168,11 +168,11 @@ def test_a_sagemaker_operation_openpcs_does_not_serve_is_an_unknown_operation_no
     """The SageMaker front door: botocore's sagemaker model, AWS JSON 1.1, SigV4 with signing name sagemaker."""
     sagemaker = server.client("sagemaker")
     with pytest.raises(ClientError) as refused:
-        sagemaker.list_clusters()
+        sagemaker.list_models()
     assert refused.value.response["Error"]["Code"] == "UnknownOperationException"
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
-    assert "ListClusters" in refused.value.response["Error"]["Message"]
-    cli = subprocess.run(["aws", "sagemaker", "list-clusters"], env=server.cli_env(), capture_output=True,
+    assert "ListModels" in refused.value.response["Error"]["Message"]
+    cli = subprocess.run(["aws", "sagemaker", "list-models"], env=server.cli_env(), capture_output=True,
                          text=True, timeout=60)  # the AWS CLI finds the endpoint through `openpcs env`
     assert cli.returncode != 0 and "UnknownOperationException" in cli.stderr and "Traceback" not in cli.stderr
 

@@ -111,6 +111,7 @@ def build_api(data_dir: Path, database: str | None, max_clusters: int, scheduler
                              max_clusters=max_clusters, shared_secret=DataLayout(data_dir).shared_secret,
                              scheduler_versions=tuple(scheduler_versions))
     pcs = Frontend(load_service("pcs"), Dispatcher(store, PcsHandlers(context), after_write=after_write))
-    sagemaker = Frontend(load_service("sagemaker"), Dispatcher(store, SageMakerHandlers(), after_write=after_write))
+    sagemaker = Frontend(load_service("sagemaker"),
+                         Dispatcher(store, SageMakerHandlers(context), after_write=after_write))
     keys = KeyCache(store)
     return ApiApp([pcs, sagemaker], SigV4Verifier(keys.secret, region=who.region), keys.scope), store

@@ -35,10 +35,12 @@ def existing_store(data_dir: Path | None, database: str | None) -> Store:
 
 
 def find_cluster(store: Store, directory: Path, identifier: str) -> Resource:
-    """A cluster by name or id, or a message saying how to list them."""
+    """A PCS or HyperPod cluster by name or id, or a message saying how to list them."""
     with store.read() as conn:
-        found = rows.find(conn, ids.CLUSTER, identifier)
-    if found is None:
+        found = (rows.find(conn, ids.CLUSTER, identifier)
+                 or rows.find(conn, ids.CLUSTER, identifier, ids.SAGEMAKER_SCOPE)
+                 or rows.by_id(conn, identifier))
+    if found is None or found.kind != ids.CLUSTER:
         raise click.ClickException(f"No cluster {identifier!r} in this openpcs (data dir {directory}). "
-                                   "'aws pcs list-clusters' lists them.")
+                                   "'aws pcs list-clusters' and 'aws sagemaker list-clusters' list them.")
     return found

@@ -62,7 +62,7 @@ class Dispatcher:
             if token is None:
                 result = handler(conn, params)
             else:
-                result = self._idempotent(conn, operation.name, token, _request_hash(params, token_member),
+                result = self._idempotent(conn, operation.name, token, _request_hash(params, token_member), params,
                                           lambda: handler(conn, params))
         try:
             self.after_write()
@@ -73,7 +73,7 @@ class Dispatcher:
             log.warning("could not wake the reconciler after a committed %s", operation.name, exc_info=True)
         return result
 
-    def _idempotent(self, conn: Connection, operation: str, token: str, request_hash: str,
+    def _idempotent(self, conn: Connection, operation: str, token: str, request_hash: str, params: dict[str, Any],
                     run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         key = (idempotency.c.operation == operation) & (idempotency.c.token == token)
         record = conn.execute(select(idempotency).where(key)).first()
@@ -84,7 +84,11 @@ class Dispatcher:
                                f"The clientToken {token!r} was already used for a {operation} request with "
                                "different parameters. Use a new clientToken for a different request.",
                                resourceId=token, resourceType="clientToken")
-            return loads(record.response)
+            # A service may bring the stored answer up to date (HyperPod's retried BatchAddClusterNodes returns
+            # its nodes' latest status).
+            replay = getattr(self.handlers, "replay", None)
+            response = loads(record.response)
+            return replay(operation, conn, params, response) if replay else response
         result = run()
         if record is not None:
             conn.execute(delete(idempotency).where(key))

@@ -24,8 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..domain import node_numbers
 from ..providers.base import GONE, IMPAIRED, UNRESPONSIVE
-from ..slurm.config import compress_hostlist, node_index
+from ..slurm.config import compress_hostlist
 from ..slurm.nodes import node_flags, node_is_busy
 from ..store import events
 from ..store import instances as instance_rows
@@ -138,7 +139,7 @@ class Health:
         service once it runs), while a dynamic one is powered down."""
         node = instance.node_name
         controller = self.runtime.controller(cluster)
-        static = node_index(node) <= group.spec["scalingConfiguration"]["minInstanceCount"]
+        static = node_numbers.is_static(group.spec, node)
         controller.scontrol("update", f"nodename={node}", "state=down" if static else "state=power_down_force",
                             f"reason={_reason(REPLACED, problem)}")
         self.fleet.terminate(cluster, [instance], f"repair: {problem}")

@@ -1,7 +1,8 @@
 """Compute node groups made real: their static nodes launched and kept, their surplus taken away.
 
 A group's nodes are `<group name>-<n>`, n = 1..maxInstanceCount. The first minInstanceCount are static: this
-module launches them (through the fleet) and keeps them running. The rest are Slurm power-saving nodes that
+module launches them (through the fleet) and keeps them running. (A HyperPod instance group lists its nodes,
+all static: domain.node_numbers.) The rest are Slurm power-saving nodes that
 control.scaling launches and stops when Slurm asks. Lowering minInstanceCount or maxInstanceCount, or deleting
 the group, drains the nodes taken away, waits for their jobs (control.draining), then terminates them.
 """
@@ -12,9 +13,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..domain import instance_types
+from ..domain import instance_types, node_numbers
 from ..providers.base import DEEP_HEALTH_CHECK_FAILED, FAILED, GONE, RUNNING, STOPPED, InstanceStatus, ProviderError
-from ..slurm.config import compress_hostlist, node_index
+from ..slurm.config import compress_hostlist
 from ..slurm.nodes import POWER_DOWN_BEGUN, POWERING_DOWN, POWERING_UP, node_flags, node_is_busy, node_is_up
 from ..store import events
 from ..store import instances as instance_rows
@@ -47,18 +48,22 @@ class NodeGroups:
         instance_type(group)  # refuse an unknown type before anything starts
         scaling = group.spec["scalingConfiguration"]
         wanted, most = scaling["minInstanceCount"], scaling["maxInstanceCount"]
+        defined = set(node_numbers.defined_numbers(group.spec))
         with self.store.read() as conn:
             current = instance_rows.of_node_group(conn, group.id)
-        # Static nodes above a lowered minimum, and power-saving nodes above a lowered maximum, go.
-        lowered = [i for i in current if not i.dynamic and node_index(i.node_name) > wanted]
-        beyond = [i for i in current if i.dynamic and node_index(i.node_name) > most]
-        why = "; ".join(text for text, items in ((f"minInstanceCount lowered to {wanted}", lowered),
-                                                 (f"maxInstanceCount lowered to {most}", beyond)) if items)
+        # Static nodes above a lowered minimum (or taken out of a group that lists its nodes), and power-saving
+        # nodes above a lowered maximum, go.
+        lowered = [i for i in current if not i.dynamic and not node_numbers.is_static(group.spec, i.node_name)]
+        beyond = [i for i in current if i.dynamic and node_numbers.number(i.node_name) not in defined]
+        listed = node_numbers.listed(group.spec) is not None
+        why = "; ".join(text for text, items in (
+            ("taken out of its group" if listed else f"minInstanceCount lowered to {wanted}", lowered),
+            (f"maxInstanceCount lowered to {most}", beyond)) if items)
         self._retire(cluster, group, lowered + beyond, why)
         self.runtime.sync_config(cluster)
         # Retired static nodes below maxInstanceCount stay defined, as power-saving nodes now: powered down (which
         # also lifts their drain), as Slurm would leave a dynamic node it had stopped.
-        kept = [i.node_name for i in lowered if node_index(i.node_name) <= most]
+        kept = [i.node_name for i in lowered if node_numbers.number(i.node_name) in defined]
         if kept:
             self._power_down(cluster, kept)
         self.runtime.scaler.clear_protection(cluster, group)  # an update is the operator's word to try again
@@ -87,8 +92,7 @@ class NodeGroups:
         """Launch the static nodes that have no instance, and start again those whose slurmd stopped; returns the
         static node names. A node Slurm has powered down is powered up instead: Slurm's ResumeProgram then has it
         launched (control.scaling), after the request, as Slurm wants of a node it powers up."""
-        wanted = group.spec["scalingConfiguration"]["minInstanceCount"]
-        static = [f"{group.name}-{n}" for n in range(1, wanted + 1)]
+        static = [f"{group.name}-{n}" for n in node_numbers.static_numbers(group.spec)]
         with self.store.read() as conn:
             have = {i.node_name: i for i in instance_rows.of_node_group(conn, group.id)}
         missing = [name for name in static if name not in have]
@@ -98,7 +102,7 @@ class NodeGroups:
             raise RuntimeFailure("InstanceLaunchFailed", failed)
         if launch_now:
             launched, refused = self.fleet.launch_new(cluster, group, launch_now, self.runtime.slurmd(cluster),
-                                                      f"a static node (minInstanceCount is {wanted})")
+                                                      f"a static node of {group.name} ({len(static)} in all)")
             if refused:
                 self.runtime.scaler.launch_failed(cluster, group, refused)
                 raise RuntimeFailure("InstanceLaunchFailed", "; ".join(

@@ -111,6 +111,10 @@ class Reconciler:
             cluster = resource if resource.kind == ids.CLUSTER else rows.by_id(conn, resource.cluster_id)
         if cluster is None:
             return False
+        if resource is cluster and resource.status == "DELETING":
+            with self.store.read() as conn:
+                if rows.children(conn, cluster.id):
+                    return False  # its node groups and queues go first (HyperPod's DeleteCluster deletes them too)
         if resource.kind != ids.CLUSTER and resource.status != "DELETING":
             if cluster.status in ("CREATING",):
                 return False  # a node group or queue waits for its cluster to come up

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from ..domain import ids
+from ..domain import ids, node_numbers
 from ..files import write_private
 from ..layout import DataLayout
 from ..providers.base import Bounded
@@ -163,7 +163,7 @@ class Runtime:
 
     def _live_clusters(self) -> list[Resource]:
         with self.store.read() as conn:
-            return [c for c in rows.page(conn, ids.CLUSTER, "", 0, sys.maxsize) if c.status != "DELETING"]
+            return [c for c in rows.clusters(conn) if c.status != "DELETING"]
 
     # -- compute node groups (control.node_groups) ----------------------------------------------------------
 
@@ -211,14 +211,14 @@ class Runtime:
         with self.store.read() as conn:
             cluster = rows.by_id(conn, cluster.id) or cluster
             children = rows.children(conn, cluster.id)
-            highest = _highest_nodes(instance_rows.of_cluster(conn, cluster.id))
+            in_use = _numbers_in_use(instance_rows.of_cluster(conn, cluster.id))
         # What is being deleted stays while it drains: a node group until its nodes are stopped, a queue until
         # it is `removing`.
-        groups = [r for r in children if r.kind == ids.NODE_GROUP and (r.status != "DELETING" or r.id in highest)]
+        groups = [r for r in children if r.kind == ids.NODE_GROUP and (r.status != "DELETING" or r.id in in_use)]
         queues = [r for r in children if r.kind == ids.QUEUE and r.id != removing]
         # The configuration is a function of these: unchanged since the last sync, with the daemons still up,
         # there is nothing to do (a node group waiting for its nodes or its drain asks again and again).
-        inputs = (cluster.generation, removing, tuple(sorted(highest.items())),
+        inputs = (cluster.generation, removing, tuple(sorted((k, tuple(sorted(v))) for k, v in in_use.items())),
                   tuple((r.id, r.generation, r.status) for r in children))
         controller = self.controller(cluster)
         if self._synced.get(cluster.id) == inputs and controller.daemons_alive():
@@ -226,7 +226,7 @@ class Runtime:
         self._synced.pop(cluster.id, None)
         if controller.build_changed():
             self._switch_build(cluster, controller)
-        spec = self._cluster_spec(cluster, groups, queues, highest)
+        spec = self._cluster_spec(cluster, groups, queues, in_use)
         self._guard("create the stand-in GPU device files", lambda: _gpu_devices(spec))
         files = slurm_config.render(spec)
         previous = controller.applied_config()
@@ -287,12 +287,12 @@ class Runtime:
         self.fleet.start_again(cluster, instances)
 
     def _cluster_spec(self, cluster: Resource, groups: list[Resource], queues: list[Resource],
-                      highest: dict[str, int]) -> slurm_config.ClusterSpec:
+                      in_use: dict[str, set[int]]) -> slurm_config.ClusterSpec:
         slurm = cluster.spec["slurmConfiguration"]
         ports = Ports.of_cluster(self.layout, cluster.id)
         groups = sorted(groups, key=lambda g: g.name)
-        sizes = {g.id: _node_counts(g, highest.get(g.id, 0)) for g in groups}
-        names = {g.id: [f"{g.name}-{n}" for n in range(1, sizes[g.id][1] + 1)] for g in groups}
+        layouts = {g.id: _node_layout(g, in_use.get(g.id, set())) for g in groups}
+        names = {g.id: _defined_names(g, layouts[g.id]) for g in groups}
         node_ports = ports.nodes([name for group_names in names.values() for name in group_names])
         names_by_id = {g.id: g.name for g in groups}
         run = self.layout.run_dir(cluster.id)
@@ -311,7 +311,7 @@ class Runtime:
             scale_down_idle_seconds=slurm["scaleDownIdleTimeInSeconds"],
             custom_settings=_settings(slurm.get("slurmCustomSettings")),
             cgroup_settings=_settings(slurm.get("cgroupCustomSettings")),
-            node_groups=tuple(_node_group_spec(g, *sizes[g.id], {n: node_ports[n] for n in names[g.id]})
+            node_groups=tuple(_node_group_spec(g, *layouts[g.id], {n: node_ports[n] for n in names[g.id]})
                               for g in groups),
             queues=tuple(slurm_config.QueueSpec(
                 name=q.name,
@@ -348,20 +348,31 @@ class Runtime:
 
 
 
-def _node_counts(group: Resource, highest_running: int) -> tuple[int, int]:
-    """(static nodes, all nodes) of a group: its scaling configuration, but never fewer than the nodes still
-    running, so that a node being drained keeps its definition (and its jobs) until it is stopped."""
+def _node_layout(group: Resource, in_use: set[int]) -> tuple[int, int, tuple[int, ...] | None]:
+    """(static nodes, all nodes, listed node numbers or None) of a group: what its spec defines, but never without
+    a node that still has an instance, so that a node being drained keeps its definition (and its jobs) until it
+    is stopped."""
+    numbers = node_numbers.listed(group.spec)
+    if numbers is not None:
+        kept = tuple(sorted(set(numbers) | in_use))
+        return len(kept), len(kept), kept
     scaling = group.spec["scalingConfiguration"]
-    return (max(scaling["minInstanceCount"], highest_running), max(scaling["maxInstanceCount"], highest_running))
+    highest = max(in_use, default=0)
+    return max(scaling["minInstanceCount"], highest), max(scaling["maxInstanceCount"], highest), None
 
 
-def _node_group_spec(group: Resource, static_nodes: int, max_nodes: int,
+def _defined_names(group: Resource, layout: tuple[int, int, tuple[int, ...] | None]) -> list[str]:
+    _, all_nodes, listed = layout
+    return [f"{group.name}-{n}" for n in (listed if listed is not None else range(1, all_nodes + 1))]
+
+
+def _node_group_spec(group: Resource, static_nodes: int, max_nodes: int, listed: tuple[int, ...] | None,
                      ports: dict[str, int]) -> slurm_config.NodeGroupSpec:
     itype = instance_type(group)
     slurm = group.spec.get("slurmConfiguration", {})
     idle = slurm.get("scaleDownIdleTimeInSeconds")
     return slurm_config.NodeGroupSpec(
-        name=group.name, static_nodes=static_nodes, max_nodes=max_nodes,
+        name=group.name, static_nodes=static_nodes, max_nodes=max_nodes, listed=listed,
         cpus=itype.vcpus, real_memory_mib=itype.memory_mib, gres=itype.gres,
         custom_settings=_settings(slurm.get("slurmCustomSettings")), ports=ports,
         # -1 (or none) leaves the group's nodes to the cluster's scaleDownIdleTimeInSeconds.
@@ -386,10 +397,9 @@ def _settings(items: list[dict[str, str]] | None) -> tuple[tuple[str, str], ...]
 
 
 
-def _highest_nodes(instances: list[instance_rows.Instance]) -> dict[str, int]:
-    """node group id -> the highest node number among its instances (groups without instances are absent)."""
-    highest: dict[str, int] = {}
+def _numbers_in_use(instances: list[instance_rows.Instance]) -> dict[str, set[int]]:
+    """node group id -> the node numbers that have an instance (groups without instances are absent)."""
+    in_use: dict[str, set[int]] = {}
     for instance in instances:
-        index = slurm_config.node_index(instance.node_name)
-        highest[instance.node_group_id] = max(highest.get(instance.node_group_id, 0), index)
-    return highest
+        in_use.setdefault(instance.node_group_id, set()).add(node_numbers.number(instance.node_name))
+    return in_use

@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..domain import ids
+from ..domain import ids, node_numbers
 from ..providers.base import FAILED, GONE, RUNNING, ProviderError
 from ..slurm import power_hook
-from ..slurm.config import compress_hostlist, expand_hostlist, node_index
+from ..slurm.config import compress_hostlist, expand_hostlist
 from ..slurm.nodes import node_flags
 from ..store import events
 from ..store import instances as instance_rows
@@ -80,7 +80,7 @@ class Scaler:
         """Act on every cluster's power requests, watch its launches, and scan it when due. Returns how soon to
         look again (None: nothing is waiting)."""
         with self.store.read() as conn:
-            clusters = [c for c in rows.page(conn, ids.CLUSTER, "", 0, 1 << 30) if c.status in RUNNING_STATUSES]
+            clusters = [c for c in rows.clusters(conn) if c.status in RUNNING_STATUSES]
         soonest = None
         for cluster in clusters:
             try:
@@ -138,11 +138,10 @@ class Scaler:
                 log.info("%s: launches of %s wait %.1f s (backing off after %d failures)", group.id,
                          compress_hostlist(wanted), launches.retry_at - time.monotonic(), launches.failures)
                 continue  # the scan launches them once the wait is over
-            minimum = group.spec["scalingConfiguration"]["minInstanceCount"]
             for name in wanted:
                 self.events.emit(cluster.id, events.POWER_UP_REQUESTED, why, node_group_id=group.id, node=name)
-            dynamic = [n for n in wanted if node_index(n) > minimum]
-            static = [n for n in wanted if node_index(n) <= minimum]
+            dynamic = [n for n in wanted if not node_numbers.is_static(group.spec, n)]
+            static = [n for n in wanted if node_numbers.is_static(group.spec, n)]
             for names_, is_dynamic in ((dynamic, True), (static, False)):
                 if not names_:
                     continue
@@ -202,9 +201,8 @@ class Scaler:
         for code in sorted(set(refused.values())):
             names = [name for name, c in refused.items() if c == code]
             self._power_down(cluster, names, LAUNCH_FAILED_REASON.format(code=code), group.id)
-        minimum = group.spec["scalingConfiguration"]["minInstanceCount"]
         static = [f"{name}: {LAUNCH_FAILED_REASON.format(code=code)}" + (f": {detail}" if detail else "")
-                  for name, code in refused.items() if node_index(name) <= minimum]
+                  for name, code in refused.items() if node_numbers.is_static(group.spec, name)]
         if static:
             self._static_failures[group.id] = "; ".join(static)
         launches = self._launches.setdefault(group.id, _Launches())

@@ -13,6 +13,10 @@ CLUSTER = "cluster"
 NODE_GROUP = "computenodegroup"
 QUEUE = "queue"
 KINDS = (CLUSTER, NODE_GROUP, QUEUE)
+# A resource row's cluster_id is the scope its name is unique in: its cluster for node groups and queues, '' for
+# PCS's clusters, and this for SageMaker HyperPod's clusters (whose names are a namespace of their own). A
+# HyperPod cluster is a cluster row like a PCS one, so the engine runs both alike.
+SAGEMAKER_SCOPE = "sagemaker"
 
 _ARN = re.compile(r"arn:aws:pcs:(?P<region>[^:]+):(?P<account>[0-9]{12}):(?P<kind>[a-z]+)/(?P<id>pcs_[a-z0-9]+)")
 

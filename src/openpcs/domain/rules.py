@@ -165,6 +165,18 @@ def check_cluster_slurm_configuration(config: dict[str, Any] | None, field: str 
                           "defaultPurgeTimeInDays must be -1 (keep records forever) or at least 1")
 
 
+def cluster_slurm_defaults(slurm: dict[str, Any]) -> dict[str, Any]:
+    """A cluster's slurmConfiguration with what the request left out filled in."""
+    accounting = {"mode": "NONE", "defaultPurgeTimeInDays": -1, **(slurm.get("accounting") or {})}
+    return {
+        "scaleDownIdleTimeInSeconds": DEFAULT_SCALE_DOWN_IDLE_SECONDS,
+        "slurmCustomSettings": [],
+        **slurm,
+        "accounting": accounting,
+        "slurmRest": slurm.get("slurmRest") or {"mode": "NONE"},
+    }
+
+
 def check_subnets(field: str, subnet_ids: list[str]) -> None:
     if not subnet_ids:
         raise field_error(field, f"Value at '{field}' failed to satisfy constraint: "

@@ -73,7 +73,7 @@ class PcsHandlers:
             "scheduler": p["scheduler"],
             "size": p["size"],
             "networking": {"networkType": "IPV4", **p["networking"]},
-            "slurmConfiguration": _cluster_slurm_defaults(slurm),
+            "slurmConfiguration": rules.cluster_slurm_defaults(slurm),
         }
         cluster = rows.insert(conn, ids.CLUSTER, "", p["clusterName"], spec, p.get("tags"))
         return {"cluster": self.views.full(cluster)}
@@ -241,8 +241,9 @@ class PcsHandlers:
         # Every refusal looks the same, so a caller learns nothing about which clusters or ids exist.
         refused = access_denied("The bootstrapId is not valid for this cluster. Only an instance that "
                                 "openpcs launched for the cluster can register, with its own bootstrapId.")
-        cluster = rows.find(conn, ids.CLUSTER, p["clusterIdentifier"])
-        if cluster is None or cluster.status in ("DELETING", "CREATE_FAILED"):
+        # A HyperPod cluster's instances register by its id too: those ids have no pcs_ prefix.
+        cluster = rows.find(conn, ids.CLUSTER, p["clusterIdentifier"]) or rows.by_id(conn, p["clusterIdentifier"])
+        if cluster is None or cluster.kind != ids.CLUSTER or cluster.status in ("DELETING", "CREATE_FAILED"):
             raise refused
         instance = instance_rows.by_bootstrap_id(conn, cluster.id, p["bootstrapId"])
         if instance is None:
@@ -362,17 +363,6 @@ class PcsHandlers:
         if len(found) > limit:
             out["nextToken"] = self.ctx.tokens.issue(scope, found[limit - 1].seq)
         return out
-
-
-def _cluster_slurm_defaults(slurm: dict[str, Any]) -> dict[str, Any]:
-    accounting = {"mode": "NONE", "defaultPurgeTimeInDays": -1, **(slurm.get("accounting") or {})}
-    return {
-        "scaleDownIdleTimeInSeconds": rules.DEFAULT_SCALE_DOWN_IDLE_SECONDS,
-        "slurmCustomSettings": [],
-        **slurm,
-        "accounting": accounting,
-        "slurmRest": slurm.get("slurmRest") or {"mode": "NONE"},
-    }
 
 
 def _node_group_slurm(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

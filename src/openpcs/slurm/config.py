@@ -79,6 +79,9 @@ class NodeGroupSpec:
     ports: Mapping[str, int]       # slurmd port of every node name 1..max_nodes
     scale_down_idle_seconds: int | None = None    # the group's own SuspendTime; None: the cluster's
     gres_records: tuple[tuple[tuple[str, str], ...], ...] = ()  # gresCustomSettings: gres.conf records
+    # A HyperPod instance group: exactly these node numbers, all static (no CLOUD nodes); static_nodes and
+    # max_nodes are then its node count.
+    listed: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ class ClusterSpec:
 
 
 def node_names(group: NodeGroupSpec) -> list[str]:
-    return [f"{group.name}-{n}" for n in range(1, group.max_nodes + 1)]
+    numbers = group.listed if group.listed is not None else range(1, group.max_nodes + 1)
+    return [f"{group.name}-{n}" for n in numbers]
 
 
 def node_index(node_name: str) -> int:
@@ -115,6 +119,8 @@ def node_index(node_name: str) -> int:
 
 
 def static_node_names(group: NodeGroupSpec) -> list[str]:
+    if group.listed is not None:
+        return node_names(group)
     return node_names(group)[:max(group.static_nodes, 0)]
 
 
@@ -422,13 +428,13 @@ def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dic
 
     out.append("\n# Compute nodes, <node group>-<n>: the first minInstanceCount are static, the others CLOUD\n")
     for group in spec.node_groups:
-        static_count = len(static_node_names(group))
-        for index, name in enumerate(node_names(group), start=1):
+        static = set(static_node_names(group))
+        for name in node_names(group):
             if name not in group.ports:
                 raise ValueError(f"no slurmd port for node {name}")
             line: Settings = [("NodeName", name), ("NodeHostname", "localhost"), ("NodeAddr", "127.0.0.1"),
                               ("Port", str(group.ports[name])), *node_settings[group.name]]
-            if index > static_count:
+            if name not in static:
                 line.append(("State", "CLOUD"))
             out.append(_line(line))
 

@@ -26,6 +26,10 @@ REPAIR = "Repair"
 PROTECTED_MODE = "ProtectedModeEntered"
 PROTECTED_MODE_CLEARED = "ProtectedModeCleared"
 FAULT_INJECTED = "FaultInjected"           # `openpcs inject`
+NODES_ADDED = "NodesAdded"                 # SageMaker's BatchAddClusterNodes and kin, as asked
+NODES_DELETED = "NodesDeleted"
+NODES_REBOOTED = "NodesRebootRequested"
+NODES_REPLACED = "NodesReplaceRequested"
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,37 @@ def query(conn: Connection, cluster_id: str, *, node_group_id: str | None = None
     if limit is not None:
         statement = statement.limit(limit)
     return [Event(**row._mapping) for row in conn.execute(statement)]
+
+
+def page(conn: Connection, cluster_id: str, *, after: int, limit: int, descending: bool = False,
+         node_group_id: str | None = None, instance_id: str | None = None, resource_type: str | None = None,
+         since: float | None = None, until: float | None = None) -> list[Event]:
+    """A page of a cluster's events for the SageMaker API, oldest (or newest) first, continuing past sequence number
+    `after` (0: from the start). `resource_type` is Cluster, InstanceGroup or Instance: what the event is about."""
+    statement = select(events).where(events.c.cluster_id == cluster_id)
+    if after:
+        statement = statement.where(events.c.seq < after if descending else events.c.seq > after)
+    if node_group_id is not None:
+        statement = statement.where(events.c.node_group_id == node_group_id)
+    if instance_id is not None:
+        statement = statement.where(events.c.instance_id == instance_id)
+    if resource_type == "Instance":
+        statement = statement.where(events.c.instance_id != "")
+    elif resource_type == "InstanceGroup":
+        statement = statement.where(events.c.instance_id == "", events.c.node_group_id != "")
+    elif resource_type == "Cluster":
+        statement = statement.where(events.c.instance_id == "", events.c.node_group_id == "")
+    if since is not None:
+        statement = statement.where(events.c.time > since)
+    if until is not None:
+        statement = statement.where(events.c.time < until)
+    statement = statement.order_by(events.c.seq.desc() if descending else events.c.seq).limit(limit)
+    return [Event(**row._mapping) for row in conn.execute(statement)]
+
+
+def by_seq(conn: Connection, cluster_id: str, seq: int) -> Event | None:
+    row = conn.execute(select(events).where(events.c.cluster_id == cluster_id, events.c.seq == seq)).first()
+    return Event(**row._mapping) if row else None
 
 
 def purge(conn: Connection, older_than: float, keep_per_cluster: int) -> int:

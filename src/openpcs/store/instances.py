@@ -22,6 +22,7 @@ class Instance:
     access_key_id: str | None = None  # the instance's own key, which may only register it
     dynamic: bool = False  # launched for Slurm's power saving, above minInstanceCount
     registered_at: float | None = None  # when its agent registered it (epoch seconds)
+    created_at: float | None = None  # when openpcs launched it (epoch seconds)
 
 
 def _hash(bootstrap_id: str) -> str:
@@ -31,18 +32,23 @@ def _hash(bootstrap_id: str) -> str:
 def _from_row(row) -> Instance:  # noqa: ANN001 - a SQLAlchemy row
     m = row._mapping
     return Instance(m["id"], m["cluster_id"], m["node_group_id"], m["node_name"], m["status"], m["access_key_id"],
-                    bool(m["dynamic"]), m["registered_at"])
+                    bool(m["dynamic"]), m["registered_at"], m["created_at"])
+
+
+def new_instance_id() -> str:
+    """An EC2-shaped instance id: i- and 17 hex digits."""
+    return "i-" + secrets.token_hex(9)[:17]
 
 
 def launch(conn: Connection, cluster_id: str, node_group_id: str, node_name: str,
            access_key_id: str | None = None, dynamic: bool = False) -> tuple[Instance, str]:
     """Record a new instance; returns it with its bootstrap id, which is stored only as a hash."""
     bootstrap_id = secrets.token_urlsafe(32)
-    instance = Instance("i-" + secrets.token_hex(9)[:17], cluster_id, node_group_id, node_name, "pending",
-                        access_key_id, dynamic)
+    instance = Instance(new_instance_id(), cluster_id, node_group_id, node_name, "pending",
+                        access_key_id, dynamic, created_at=time.time())
     conn.execute(instances.insert().values(
         id=instance.id, cluster_id=cluster_id, node_group_id=node_group_id, node_name=node_name,
-        bootstrap_hash=_hash(bootstrap_id), status=instance.status, created_at=time.time(),
+        bootstrap_hash=_hash(bootstrap_id), status=instance.status, created_at=instance.created_at,
         access_key_id=access_key_id, dynamic=dynamic))
     return instance, bootstrap_id
 

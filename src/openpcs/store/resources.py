@@ -55,6 +55,7 @@ _FIND_BY_NAME = select(resources).where(_IN_SCOPE, resources.c.name == bindparam
 _BY_ID = select(resources).where(resources.c.id == bindparam("id"))
 _CHILDREN = select(resources).where(resources.c.cluster_id == bindparam("cluster_id")).order_by(resources.c.seq)
 _CHILDREN_OF_KIND = select(resources).where(_IN_SCOPE).order_by(resources.c.seq)
+_CLUSTERS = select(resources).where(resources.c.kind == ids.CLUSTER).order_by(resources.c.seq)
 _COUNT = select(func.count()).select_from(resources).where(_IN_SCOPE)
 _PAGE = (select(resources).where(_IN_SCOPE, resources.c.seq > bindparam("after"))
          .order_by(resources.c.seq).limit(bindparam("limit")))
@@ -93,6 +94,11 @@ def page(conn: Connection, kind: str, cluster_id: str, after: int, limit: int) -
     return [Resource.from_row(row) for row in result]
 
 
+def clusters(conn: Connection) -> list[Resource]:
+    """Every cluster, PCS's and HyperPod's (whose names are unique in a scope of their own, ids.SAGEMAKER_SCOPE)."""
+    return [Resource.from_row(row) for row in conn.execute(_CLUSTERS)]
+
+
 def in_transition(conn: Connection) -> list[Resource]:
     return [Resource.from_row(row) for row in conn.execute(_IN_TRANSITION)]
 
@@ -103,9 +109,9 @@ def settled(conn: Connection) -> list[Resource]:
 
 
 def insert(conn: Connection, kind: str, cluster_id: str, name: str, spec: dict[str, Any],
-           tags: dict[str, str] | None) -> Resource:
+           tags: dict[str, str] | None, resource_id: str | None = None) -> Resource:
     now = time.time()
-    values = dict(id=ids.new_id(), kind=kind, cluster_id=cluster_id, name=name, status="CREATING",
+    values = dict(id=resource_id or ids.new_id(), kind=kind, cluster_id=cluster_id, name=name, status="CREATING",
                   generation=1, spec=dumps(spec), state=dumps({}), tags=dumps(tags or {}),
                   created_at=now, modified_at=now)
     result = conn.execute(resources.insert().values(**values))
