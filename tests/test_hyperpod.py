@@ -95,3 +95,232 @@ def test_a_hyperpod_cluster_is_real_slurm_and_runs_a_job(server, sagemaker):
     assert sagemaker.delete_cluster(ClusterName=name)["ClusterArn"] == cluster["ClusterArn"]
     assert sagemaker.describe_cluster(ClusterName=name)["ClusterStatus"] == "Deleting"
     wait_gone(sagemaker, name)
+
+
+def wait_nodes(sagemaker, name: str, group: str, statuses: list[str], timeout: float = 60.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = [n for n in nodes_of(sagemaker, name) if n["InstanceGroupName"] == group]
+        if sorted(n["InstanceStatus"]["Status"] for n in nodes) == sorted(statuses):
+            return nodes
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{group}'s nodes are {nodes}, not {statuses}")
+        time.sleep(0.2)
+
+
+def test_batch_add_cluster_nodes_join_slurm_run_jobs_and_retries_return_the_same_nodes(server, sagemaker):
+    name = create(sagemaker, groups=[controller_group(), compute_group(count=1)])
+    wait_status(sagemaker, name, ("InService",))
+    request = {"ClusterName": name, "ClientToken": unique("token"),
+               "NodesToAdd": [{"InstanceGroupName": "workers", "IncrementTargetCountBy": 2}]}
+    added = sagemaker.batch_add_cluster_nodes(**request)
+    assert added["Failed"] == []
+    assert [(n["InstanceGroupName"], n["Status"]) for n in added["Successful"]] == [("workers", "Pending")] * 2
+    logical_ids = [n["NodeLogicalId"] for n in added["Successful"]]
+    assert len(set(logical_ids)) == 2
+    assert wait_status(sagemaker, name, ("InService",))["InstanceGroups"][1]["TargetCount"] == 3
+    wait_nodes(sagemaker, name, "workers", ["Running"] * 3)
+    for logical_id in logical_ids:  # each new node is tracked by its NodeLogicalId, and has an instance now
+        details = sagemaker.describe_cluster_node(ClusterName=name, NodeLogicalId=logical_id)["NodeDetails"]
+        assert details["InstanceStatus"]["Status"] == "Running" and details["InstanceId"].startswith("i-")
+        by_id = sagemaker.describe_cluster_node(ClusterName=name, NodeId=details["InstanceId"])["NodeDetails"]
+        assert by_id["NodeLogicalId"] == logical_id and by_id["Placement"]["AvailabilityZone"] == "us-east-1a"
+    assert node_states(server, name) == {"workers-1": "IDLE", "workers-2": "IDLE", "workers-3": "IDLE"}
+    assert sorted(openpcs_exec(server, name, "srun", "-N3", "printenv", "SLURMD_NODENAME").stdout.split()) == [
+        "workers-1", "workers-2", "workers-3"]
+    # A retry with the same ClientToken adds nothing: the same NodeLogicalIds, with their latest status.
+    retried = sagemaker.batch_add_cluster_nodes(**request)
+    assert [(n["NodeLogicalId"], n["Status"]) for n in retried["Successful"]] == [(i, "Running") for i in logical_ids]
+    assert sagemaker.describe_cluster(ClusterName=name)["InstanceGroups"][1]["TargetCount"] == 3
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+
+
+def test_batch_add_cluster_nodes_fails_per_group_and_by_the_rules(server, sagemaker):
+    name = create(sagemaker, groups=[controller_group(), compute_group(count=0),
+                                     compute_group("spare", count=0, partition="dev")])
+    wait_status(sagemaker, name, ("InService",))
+    answer = sagemaker.batch_add_cluster_nodes(ClusterName=name, NodesToAdd=[
+        {"InstanceGroupName": "nosuch", "IncrementTargetCountBy": 1},
+        {"InstanceGroupName": "controller", "IncrementTargetCountBy": 1},
+        {"InstanceGroupName": "workers", "IncrementTargetCountBy": 2, "AvailabilityZones": ["us-west-2b"]},
+        {"InstanceGroupName": "spare", "IncrementTargetCountBy": 3, "InstanceTypes": ["ml.g5.xlarge"]},
+        {"InstanceGroupName": "workers", "IncrementTargetCountBy": 1, "AvailabilityZones": ["us-east-1a"],
+         "InstanceTypes": ["ml.c5.large", "ml.g5.xlarge"]}])
+    failed = [(f["InstanceGroupName"], f["ErrorCode"], f["FailedCount"]) for f in answer["Failed"]]
+    assert failed == [("nosuch", "InstanceGroupNotFound", 1), ("controller", "InvalidInstanceGroupStatus", 1),
+                      ("workers", "IncompatibleAvailabilityZones", 2), ("spare", "IncompatibleInstanceTypes", 3)]
+    assert all(f["Message"] for f in answer["Failed"])
+    assert [(n["InstanceGroupName"], n["AvailabilityZones"]) for n in answer["Successful"]] == [
+        ("workers", ["us-east-1a"])]
+    wait_nodes(sagemaker, name, "workers", ["Running"])
+    with pytest.raises(ClientError) as too_many:
+        sagemaker.batch_add_cluster_nodes(ClusterName=name, NodesToAdd=[
+            {"InstanceGroupName": "workers", "IncrementTargetCountBy": 30},
+            {"InstanceGroupName": "spare", "IncrementTargetCountBy": 21}])
+    code, message, status = error(too_many)
+    assert (code, status) == ("ValidationException", 400) and "at most 50" in message
+    with pytest.raises(ClientError) as six_groups:  # the model's own limit: 5 groups a request
+        sagemaker.batch_add_cluster_nodes(ClusterName=name, NodesToAdd=[
+            {"InstanceGroupName": "workers", "IncrementTargetCountBy": 1}] * 6)
+    assert error(six_groups)[0] == "ValidationException"
+    with pytest.raises(ClientError) as unknown:
+        sagemaker.batch_add_cluster_nodes(ClusterName=unique("nosuch"), NodesToAdd=[
+            {"InstanceGroupName": "workers", "IncrementTargetCountBy": 1}])
+    assert error(unknown)[:1] == ("ResourceNotFound",) and error(unknown)[2] == 400
+    assert sagemaker.describe_cluster(ClusterName=name)["InstanceGroups"][1]["TargetCount"] == 1
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+
+
+def test_batch_add_needs_continuous_provisioning(server, sagemaker):
+    name = unique("hp")
+    sagemaker.create_cluster(ClusterName=name, InstanceGroups=[controller_group(), compute_group(count=0)])
+    with pytest.raises(ClientError) as refused:
+        sagemaker.batch_add_cluster_nodes(ClusterName=name, NodesToAdd=[
+            {"InstanceGroupName": "workers", "IncrementTargetCountBy": 1}])
+    code, message, _ = error(refused)
+    assert code == "ValidationException" and "Continuous" in message
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+
+
+def test_batch_delete_drains_a_busy_node_first_and_never_removes_the_controller(server, sagemaker):
+    name = create(sagemaker, groups=[controller_group(), compute_group(count=2)])
+    wait_status(sagemaker, name, ("InService",))
+    nodes = {n["InstanceGroupName"] + ":" + n["NodeLogicalId"]: n for n in nodes_of(sagemaker, name)}
+    controller = next(n for key, n in nodes.items() if key.startswith("controller:"))
+    job = openpcs_exec(server, name, "sbatch", "--parsable", "-w", "workers-2",
+                       "--wrap", "sleep 4; echo finished > drained-job.txt").stdout.strip()
+    deadline = time.monotonic() + 30
+    while openpcs_exec(server, name, "squeue", "-h", "-j", job, "-o", "%T").stdout.strip() != "RUNNING":
+        assert time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.2)
+    # workers-2 runs the job: find its instance through the events of its launch.
+    events = sagemaker.list_cluster_events(ClusterName=name, ResourceType="Instance")["Events"]
+    busy_id = next(e["InstanceId"] for e in events if "workers-2" in e["Description"])
+    answer = sagemaker.batch_delete_cluster_nodes(ClusterName=name, NodeIds=[busy_id, controller["InstanceId"],
+                                                                            "i-0123456789abcdef0"])
+    assert answer["Successful"] == [busy_id]
+    assert sorted((f["NodeId"], f["Code"]) for f in answer["Failed"]) == sorted(
+        [(controller["InstanceId"], "NodeIdInUse"), ("i-0123456789abcdef0", "NodeIdNotFound")])
+    shutting = sagemaker.describe_cluster_node(ClusterName=name, NodeId=busy_id)["NodeDetails"]
+    assert shutting["InstanceStatus"]["Status"] == "ShuttingDown"
+    assert sagemaker.describe_cluster(ClusterName=name)["InstanceGroups"][1]["TargetCount"] == 1
+    # Drained, not killed: the job runs to the end, then the instance goes and the node leaves Slurm.
+    deadline = time.monotonic() + 10
+    while "DRAIN" not in node_states(server, name).get("workers-2", ""):
+        assert time.monotonic() < deadline, node_states(server, name)
+        time.sleep(0.2)
+    assert openpcs_exec(server, name, "squeue", "-h", "-j", job, "-o", "%T").stdout.strip() == "RUNNING"
+    wait_status(sagemaker, name, ("InService",), timeout=60)
+    assert (server.data_dir / "drained-job.txt").read_text() == "finished\n"
+    assert node_states(server, name) == {"workers-1": "IDLE"}
+    remaining = [n["InstanceId"] for n in nodes_of(sagemaker, name) if n["InstanceGroupName"] == "workers"]
+    assert len(remaining) == 1 and busy_id not in remaining
+    with pytest.raises(ClientError) as gone:
+        sagemaker.describe_cluster_node(ClusterName=name, NodeId=busy_id)
+    assert error(gone)[0] == "ResourceNotFound"
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"Orchestrator": {"Eks": {"ClusterArn": "arn:aws:eks:us-east-1:123456789012:cluster/demo"}}},
+     "Slurm orchestrator only"),
+    ({"InstanceGroups": [compute_group()]}, "exactly one instance group with SlurmConfig.NodeType Controller"),
+    ({"InstanceGroups": [controller_group(), controller_group("c2")]}, "exactly one"),
+    ({"InstanceGroups": [controller_group(), {**compute_group(), "InstanceType": "ml.trn1.32xlarge"}]},
+     "no trn1.32xlarge"),
+    ({"InstanceGroups": [controller_group(), compute_group(), compute_group()]}, "listed more than once"),
+    ({"InstanceGroups": [controller_group(), {**compute_group(), "MinInstanceCount": 3}]}, "MinInstanceCount"),
+    ({"InstanceGroups": [{**controller_group(), "InstanceCount": 2}, compute_group()]}, "InstanceCount must be 1"),
+    ({"InstanceGroups": [controller_group(), compute_group(), {**compute_group("login", 1, None),
+                                                                "SlurmConfig": {"NodeType": "Login"}}]}, "Login"),
+    ({"InstanceGroups": [controller_group(), {**compute_group(), "KubernetesConfig": {"Labels": {"a": "b"}}}]},
+     "Amazon EKS"),
+    ({"AutoScaling": {"Mode": "Enable", "AutoScalerType": "Karpenter"}}, "Karpenter"),
+])
+def test_create_cluster_refuses_what_openpcs_cannot_run_with_a_validation_error(sagemaker, change, words):
+    name = unique("hp")
+    with pytest.raises(ClientError) as refused:
+        sagemaker.create_cluster(**{"ClusterName": name, "InstanceGroups": [controller_group(), compute_group()],
+                                    **change})
+    code, message, status = error(refused)
+    assert (code, status) == ("ValidationException", 400) and words in message, message
+    with pytest.raises(ClientError) as absent:  # nothing was kept
+        sagemaker.describe_cluster(ClusterName=name)
+    assert error(absent)[0] == "ResourceNotFound"
+
+
+def test_names_are_unique_and_quotas_hold(server, sagemaker):
+    name = create(sagemaker, groups=[controller_group(), compute_group(count=0)])
+    with pytest.raises(ClientError) as taken:
+        create(sagemaker, name=name)
+    assert error(taken)[:1] == ("ResourceInUse",) and name in error(taken)[1]
+    with pytest.raises(ClientError) as too_big:
+        create(sagemaker, groups=[controller_group(), compute_group(count=2048)])
+    assert error(too_big)[0] == "ResourceLimitExceeded" and "2048" in error(too_big)[1]
+    # A PCS cluster may have the same name: the two services' names are apart.
+    pcs = server.client()
+    pcs_cluster = pcs.create_cluster(clusterName=name, scheduler={"type": "SLURM", "version": "24.11"}, size="SMALL",
+                                     networking={"subnetIds": ["subnet-0123456789abcdef0"]})["cluster"]
+    assert pcs.get_cluster(clusterIdentifier=name)["cluster"]["id"] == pcs_cluster["id"]
+    assert [c["name"] for c in pcs.list_clusters()["clusters"]].count(name) == 1  # the HyperPod one is not PCS's
+    assert len(sagemaker.list_clusters(NameContains=name)["ClusterSummaries"]) == 1  # nor the PCS one HyperPod's
+    pcs.delete_cluster(clusterIdentifier=pcs_cluster["id"])
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+
+
+def test_update_cluster_changes_counts_recovery_groups_and_partitions(server, sagemaker):
+    name = create(sagemaker, groups=[controller_group(), compute_group(count=1)])
+    wait_status(sagemaker, name, ("InService",))
+    sagemaker.update_cluster(ClusterName=name, NodeRecovery="None", InstanceGroups=[
+        compute_group(count=2), compute_group("big", count=1, partition="large")])
+    assert sagemaker.describe_cluster(ClusterName=name)["ClusterStatus"] == "Updating"
+    cluster = wait_status(sagemaker, name, ("InService",))
+    assert cluster["NodeRecovery"] == "None"
+    assert [(g["InstanceGroupName"], g["TargetCount"], g["CurrentCount"]) for g in cluster["InstanceGroups"]] == [
+        ("controller", 1, 1), ("workers", 2, 2), ("big", 1, 1)]
+    sinfo = openpcs_exec(server, name, "sinfo", "--noheader", "--format=%P %N").stdout.split("\n")
+    assert sorted(line for line in sinfo if line) == ["dev* workers-[1-2]", "large big-1"]
+    assert openpcs_exec(server, name, "srun", "-p", "large", "printenv", "SLURMD_NODENAME").stdout.strip() == "big-1"
+    # Fewer nodes, a group deleted with its partition; the controller group stays.
+    sagemaker.update_cluster(ClusterName=name, InstanceGroups=[compute_group(count=1)], InstanceGroupsToDelete=["big"])
+    cluster = wait_status(sagemaker, name, ("InService",))
+    assert [(g["InstanceGroupName"], g["TargetCount"]) for g in cluster["InstanceGroups"]] == [
+        ("controller", 1), ("workers", 1)]
+    assert node_states(server, name) == {"workers-1": "IDLE"}
+    assert openpcs_exec(server, name, "sinfo", "--noheader", "--format=%P").stdout.split() == ["dev*"]
+    for change, words in (({"InstanceGroupsToDelete": ["controller"]}, "controller"),
+                          ({"InstanceGroups": [{**compute_group(), "InstanceType": "ml.c5.xlarge"}]}, "cannot change"),
+                          ({"InstanceGroupsToDelete": ["nosuch"]}, "no instance group nosuch")):
+        with pytest.raises(ClientError) as refused:
+            sagemaker.update_cluster(ClusterName=name, **change)
+        assert error(refused)[0] == "ValidationException" and words in error(refused)[1]
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+
+
+def test_cluster_events_tell_what_happened_to_nodes(server, sagemaker):
+    name = create(sagemaker, groups=[controller_group(), compute_group(count=1)])
+    wait_status(sagemaker, name, ("InService",))
+    instance = next(n for n in nodes_of(sagemaker, name) if n["InstanceGroupName"] == "workers")
+    events = sagemaker.list_cluster_events(ClusterName=name, NodeId=instance["InstanceId"])["Events"]
+    kinds = [e["Description"].split()[0] for e in events]
+    assert kinds[:2] == ["InstanceLaunched", "InstanceRegistered"]
+    assert all(e["ResourceType"] == "Instance" and e["InstanceGroupName"] == "workers" for e in events)
+    detail = sagemaker.describe_cluster_event(ClusterName=name, EventId=events[0]["EventId"])["EventDetails"]
+    assert detail["EventDetails"]["EventMetadata"]["Instance"]["NodeLogicalId"] == instance["NodeLogicalId"]
+    newest = sagemaker.list_cluster_events(ClusterName=name, SortOrder="Descending", MaxResults=1)
+    everything = sagemaker.list_cluster_events(ClusterName=name)["Events"]
+    assert newest["Events"][0]["EventId"] == everything[-1]["EventId"] and "NextToken" in newest
+    page2 = sagemaker.list_cluster_events(ClusterName=name, SortOrder="Descending", MaxResults=1,
+                                          NextToken=newest["NextToken"])
+    assert page2["Events"][0]["EventId"] == everything[-2]["EventId"]
+    with pytest.raises(ClientError) as unknown:
+        sagemaker.describe_cluster_event(ClusterName=name, EventId="00000000-0000-0000-0000-00000000ffff")
+    assert error(unknown)[0] == "ResourceNotFound"
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
