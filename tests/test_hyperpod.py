@@ -324,3 +324,47 @@ def test_cluster_events_tell_what_happened_to_nodes(server, sagemaker):
     assert error(unknown)[0] == "ResourceNotFound"
     sagemaker.delete_cluster(ClusterName=name)
     wait_gone(sagemaker, name)
+
+
+def slurmd_pid(server: OpenPcs, cluster_arn: str, node: str) -> int:
+    """The PID of a node's slurmd, from its pid file (SlurmdPidFile) in the cluster's run directory."""
+    cluster_id = cluster_arn.rsplit("/", 1)[1]
+    return int((server.data_dir / "clusters" / cluster_id / "run" / f"slurmd-{node}.pid").read_text().strip() or 0)
+
+
+def test_reboot_keeps_the_instance_and_replace_keeps_the_node_logical_id(server, sagemaker):
+    name = create(sagemaker, groups=[controller_group(), compute_group(count=2)])
+    arn = wait_status(sagemaker, name, ("InService",))["ClusterArn"]
+    events = sagemaker.list_cluster_events(ClusterName=name, ResourceType="Instance")["Events"]
+    first = next(e["InstanceId"] for e in events if "workers-1" in e["Description"])
+    second = next(e["InstanceId"] for e in events if "workers-2" in e["Description"])
+    logical = sagemaker.describe_cluster_node(ClusterName=name, NodeId=second)["NodeDetails"]["NodeLogicalId"]
+    before = slurmd_pid(server, arn, "workers-1")
+    rebooted = sagemaker.batch_reboot_cluster_nodes(ClusterName=name, NodeIds=[first, "i-0123456789abcdef0"])
+    assert rebooted["Successful"] == [first]
+    assert [(f["NodeId"], f["ErrorCode"]) for f in rebooted["Failed"]] == [("i-0123456789abcdef0",
+                                                                            "InstanceIdNotFound")]
+    wait_status(sagemaker, name, ("InService",))
+    deadline = time.monotonic() + 30
+    while slurmd_pid(server, arn, "workers-1") == before or node_states(server, name)["workers-1"] != "IDLE":
+        assert time.monotonic() < deadline, "workers-1's slurmd was not restarted"
+        time.sleep(0.2)
+    assert sagemaker.describe_cluster_node(ClusterName=name, NodeId=first)["NodeDetails"]["InstanceStatus"][
+        "Status"] == "Running"  # the same instance
+    replaced = sagemaker.batch_replace_cluster_nodes(ClusterName=name, NodeLogicalIds=[logical])
+    assert replaced["SuccessfulNodeLogicalIds"] == [logical]
+    deadline = time.monotonic() + 60
+    while True:
+        node = sagemaker.describe_cluster_node(ClusterName=name, NodeLogicalId=logical)["NodeDetails"]
+        if node.get("InstanceId") not in (None, second) and node["InstanceStatus"]["Status"] == "Running" \
+                and node_states(server, name).get("workers-2") == "IDLE":
+            break
+        assert time.monotonic() < deadline, node
+        time.sleep(0.2)
+    with pytest.raises(ClientError) as gone:  # the old instance is no more
+        sagemaker.describe_cluster_node(ClusterName=name, NodeId=second)
+    assert error(gone)[0] == "ResourceNotFound"
+    assert openpcs_exec(server, name, "srun", "-w", "workers-2", "printenv", "SLURMD_NODENAME").stdout.strip() == \
+        "workers-2"
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)

@@ -87,7 +87,7 @@ class Health:
                 continue  # an administrator drained it: its jobs finish, it stays for inspection
             if reason.startswith(REPLACING):
                 if not node_is_busy(state):
-                    self._replace(cluster, group, instance, reason[len(REPLACING) + 2:])
+                    self.replace(cluster, group, instance, reason[len(REPLACING) + 2:])
                 continue
             if reason.startswith("openpcs") or (time.time() - (instance.registered_at or 0.0) < SETTLE_SECONDS):
                 flags = flags - {"NOT_RESPONDING", "DOWN"}  # openpcs's own doing, or left from the previous instance
@@ -112,14 +112,14 @@ class Health:
             self.events.emit(cluster.id, events.REPAIR, f"isolated for inspection: {verdict.problem}",
                              node_group_id=group.id, node=node, instance_id=instance.id)
         elif action == "AUTO" and not verdict.can_run_jobs:
-            self._replace(cluster, group, instance, verdict.problem)
+            self.replace(cluster, group, instance, verdict.problem)
         else:
             controller.scontrol("update", f"nodename={node}", "state=drain",
                                 f"reason={_reason(REPLACING, verdict.problem)}")
             self.events.emit(cluster.id, events.REPAIR, f"draining, to replace once its jobs end: {verdict.problem}",
                              node_group_id=group.id, node=node, instance_id=instance.id)
             if not node_is_busy(self.runtime.node_states(cluster).get(node, ("", ""))[0]):
-                self._replace(cluster, group, instance, verdict.problem)
+                self.replace(cluster, group, instance, verdict.problem)
 
     def isolate(self, cluster: Resource, group: Resource,
                 instances: list[tuple[instance_rows.Instance, str]]) -> None:
@@ -133,7 +133,7 @@ class Health:
             self.events.emit(cluster.id, events.REPAIR, f"isolated for inspection: {problem}",
                              node_group_id=group.id, node=instance.node_name, instance_id=instance.id)
 
-    def _replace(self, cluster: Resource, group: Resource, instance: instance_rows.Instance, problem: str) -> None:
+    def replace(self, cluster: Resource, group: Resource, instance: instance_rows.Instance, problem: str) -> None:
         """Take the instance away: Slurm sets the node DOWN (its jobs, if any, are requeued or end), and a static
         node gets a new instance under the same name (control.node_groups launches it, and returns the node to
         service once it runs), while a dynamic one is powered down."""

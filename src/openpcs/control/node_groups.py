@@ -42,6 +42,7 @@ class NodeGroups:
         self.runtime = runtime
         self.store, self.fleet, self.drains = runtime.store, runtime.fleet, runtime.drains
         self._waiting_since: dict[str, float] = {}
+        self._actions_done: dict[str, set[str]] = {}  # group id -> node action requests done (_node_actions)
 
     def converge(self, cluster: Resource, group: Resource) -> dict[str, Any]:
         """Nodes defined in Slurm up to maxInstanceCount; minInstanceCount of them launched and IDLE."""
@@ -67,9 +68,12 @@ class NodeGroups:
         if kept:
             self._power_down(cluster, kept)
         self.runtime.scaler.clear_protection(cluster, group)  # an update is the operator's word to try again
+        done = self._node_actions(cluster, group)
         static = self._ensure_static(cluster, group)
         self._wait_for_nodes(cluster, group, static)
         state = {key: value for key, value in group.state.items() if key not in ("errorInfo", "notices")}
+        if done:
+            state["nodeActionsDone"] = done
         return state
 
     def heal(self, cluster: Resource, group: Resource) -> None:
@@ -86,7 +90,32 @@ class NodeGroups:
             issued = instance_rows.of_node_group(conn, group.id)
         self._retire(cluster, group, issued, "its node group is being deleted")
         self._waiting_since.pop(group.id, None)
+        self._actions_done.pop(group.id, None)
         self.runtime.sync_config(cluster)  # the group has no instances left: its nodes leave the configuration
+
+    def _node_actions(self, cluster: Resource, group: Resource) -> list[str]:
+        """Reboots and replacements of single nodes asked for through the API (HyperPod's BatchRebootClusterNodes
+        and BatchReplaceClusterNodes), each done once: a reboot stops the node's daemons and starts them again on
+        the same instance; a replacement takes the instance away (control.health), and _ensure_static gives the
+        node a new one under the same name. Returns the requests done, for the group's state."""
+        asked = group.spec.get("nodeActions") or {}
+        done = self._actions_done.setdefault(group.id, set())
+        done |= set(group.state.get("nodeActionsDone") or [])
+        todo = {instance_id: a for instance_id, a in asked.items() if a["request"] not in done}
+        if todo:
+            with self.store.read() as conn:
+                instances = {i.id: i for i in instance_rows.of_node_group(conn, group.id)}
+            reboot = [instances[i] for i, a in todo.items() if a["action"] == "reboot" and i in instances]
+            if reboot:
+                log.info("%s: rebooting %s", group.id, compress_hostlist([i.node_name for i in reboot]))
+                self.fleet.stop(reboot)
+                self.fleet.start_again(cluster, reboot)  # one it cannot start again is repaired as a stopped one
+            for instance_id, action in todo.items():
+                if action["action"] == "replace" and instance_id in instances:
+                    self.runtime.health.replace(cluster, group, instances[instance_id],
+                                                "a replacement was asked for through the API")
+            done |= {a["request"] for a in todo.values()}
+        return sorted(a["request"] for a in asked.values() if a["request"] in done)
 
     def _ensure_static(self, cluster: Resource, group: Resource) -> list[str]:
         """Launch the static nodes that have no instance, and start again those whose slurmd stopped; returns the

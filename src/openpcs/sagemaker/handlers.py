@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -218,41 +219,78 @@ class SageMakerHandlers:
 
     def BatchDeleteClusterNodes(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
         cluster = self._cluster(conn, p["ClusterName"])
+        out, specs = self._each_node(conn, cluster, p, "delete", _cannot_delete, "Code", 50)
+        groups = {g.name: g for g in rows.children(conn, cluster.id, ids.NODE_GROUP)}
+        for name, chosen in specs.items():
+            group = groups[name]
+            spec = copy.deepcopy(group.spec)
+            retired = spec.setdefault("retiredNodes", {})
+            for node in chosen:
+                number = next(n for n, logical in spec["logicalNodes"].items() if logical == node.logical_id)
+                retired[number] = spec["logicalNodes"].pop(number)
+            spec["scalingConfiguration"] = hyperpod.scaling(len(spec["logicalNodes"]))
+            in_use = {str(node_numbers.number(i.node_name)) for i in instance_rows.of_node_group(conn, group.id)}
+            spec["retiredNodes"] = {n: logical for n, logical in retired.items() if n in in_use}
+            rows.request_change(conn, group, "UPDATING", spec)
+            event_rows.record(conn, cluster.id, event_rows.NODES_DELETED,
+                              f"BatchDeleteClusterNodes: {len(chosen)} node(s) being drained and terminated; target "
+                              f"count now {len(spec['logicalNodes'])}", node_group_id=group.id)
+        return out
+
+    def BatchRebootClusterNodes(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
+        return self._node_actions(conn, p, "reboot", event_rows.NODES_REBOOTED)
+
+    def BatchReplaceClusterNodes(self, conn: Connection, p: dict[str, Any]) -> dict[str, Any]:
+        return self._node_actions(conn, p, "replace", event_rows.NODES_REPLACED)
+
+    def _node_actions(self, conn: Connection, p: dict[str, Any], action: str, event: str) -> dict[str, Any]:
+        """A reboot or replacement of each node, recorded in its group's spec for control.node_groups to do once."""
+        cluster = self._cluster(conn, p["ClusterName"])
+        out, specs = self._each_node(conn, cluster, p, action, _cannot_restart, "ErrorCode", 25)
+        groups = {g.name: g for g in rows.children(conn, cluster.id, ids.NODE_GROUP)}
+        for name, chosen in specs.items():
+            group = groups[name]
+            live = {i.id for i in instance_rows.of_node_group(conn, group.id)}
+            done = set(group.state.get("nodeActionsDone") or [])
+            actions = {instance_id: asked for instance_id, asked in (group.spec.get("nodeActions") or {}).items()
+                       if instance_id in live and asked["request"] not in done}
+            actions.update({node.instance_id: {"action": action, "request": hyperpod.new_logical_id()}
+                            for node in chosen})
+            rows.request_change(conn, group, "UPDATING", {**group.spec, "nodeActions": actions})
+            event_rows.record(conn, cluster.id, event, f"Batch{action.title()}ClusterNodes: "
+                              + ", ".join(node.instance_id for node in chosen), node_group_id=group.id)
+        return out
+
+    def _each_node(self, conn: Connection, cluster: Resource, p: dict[str, Any], what: str,
+                   refusal: Callable[[Resource, Node | None, str], tuple[str, str] | None], code_member: str,
+                   most: int) -> tuple[dict[str, list], dict[str, list[Node]]]:
+        """The nodes a Batch*ClusterNodes request names by NodeIds and NodeLogicalIds: the answer's Successful and
+        Failed members (a node `refusal` refuses fails with its code), and the nodes to act on by group name."""
         by_id, by_logical = p.get("NodeIds") or [], p.get("NodeLogicalIds") or []
         if not by_id and not by_logical:
-            raise validation("Give NodeIds or NodeLogicalIds: the nodes to delete.")
-        if len(by_id) + len(by_logical) > 99:
-            raise validation(f"One request deletes at most 99 nodes; this one names {len(by_id) + len(by_logical)}.")
+            raise validation(f"Give NodeIds or NodeLogicalIds: the nodes to {what}.")
+        if len(by_id) + len(by_logical) > most:
+            raise validation(f"One request names at most {most} nodes to {what}; this one names "
+                             f"{len(by_id) + len(by_logical)}.")
         nodes = self._nodes(conn, cluster)
-        groups = {g.name: g for g in rows.children(conn, cluster.id, ids.NODE_GROUP)}
-        specs: dict[str, dict[str, Any]] = {}
         out: dict[str, list] = {"Successful": [], "Failed": [], "SuccessfulNodeLogicalIds": [],
                                 "FailedNodeLogicalIds": []}
-        for key, wanted, ok_member, failed_member in (("NodeId", by_id, "Successful", "Failed"),
-                                                      ("NodeLogicalId", by_logical, "SuccessfulNodeLogicalIds",
-                                                       "FailedNodeLogicalIds")):
+        chosen: dict[str, list[Node]] = {}
+        for key, wanted, ok_member, failed_member in (
+                ("NodeId", by_id, "Successful", "Failed"),
+                ("NodeLogicalId", by_logical, "SuccessfulNodeLogicalIds", "FailedNodeLogicalIds")):
             for identifier in wanted:
                 node = _find(nodes, identifier if key == "NodeId" else None,
                              identifier if key == "NodeLogicalId" else None)
-                problem = _cannot_delete(cluster, node, identifier)
+                problem = refusal(cluster, node, identifier)
                 if problem:
-                    out[failed_member].append({"Code": problem[0], "Message": problem[1], key: identifier})
+                    out[failed_member].append({code_member: problem[0], "Message": problem[1], key: identifier})
                     continue
-                group = groups[node.group["InstanceGroupName"]]
-                spec = specs.setdefault(group.name, copy.deepcopy(group.spec))
-                number = next(n for n, logical in spec["logicalNodes"].items() if logical == node.logical_id)
-                spec.setdefault("retiredNodes", {})[number] = spec["logicalNodes"].pop(number)
-                spec["scalingConfiguration"] = hyperpod.scaling(len(spec["logicalNodes"]))
+                group_nodes = chosen.setdefault(node.group["InstanceGroupName"], [])
+                if node not in group_nodes:  # a node named twice (by id and by NodeLogicalId) is acted on once
+                    group_nodes.append(node)
                 out[ok_member].append(identifier)
-        for name, spec in specs.items():
-            group = groups[name]
-            in_use = {str(node_numbers.number(i.node_name)) for i in instance_rows.of_node_group(conn, group.id)}
-            spec["retiredNodes"] = {n: logical for n, logical in spec["retiredNodes"].items() if n in in_use}
-            rows.request_change(conn, group, "UPDATING", spec)
-            event_rows.record(conn, cluster.id, event_rows.NODES_DELETED,
-                              f"BatchDeleteClusterNodes: {len(spec['retiredNodes'])} node(s) being drained and "
-                              f"terminated; target count now {len(spec['logicalNodes'])}", node_group_id=group.id)
-        return {key: value for key, value in out.items() if value}
+        return {key: value for key, value in out.items() if value}, chosen
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -423,6 +461,17 @@ def _cannot_delete(cluster: Resource, node: Node | None, identifier: str) -> tup
         return "NodeIdInUse", f"Node {identifier} is the cluster's Slurm controller; it cannot be deleted."
     if node.status == "ShuttingDown":
         return "InvalidNodeStatus", f"Node {identifier} is already ShuttingDown."
+    return None
+
+
+def _cannot_restart(cluster: Resource, node: Node | None, identifier: str) -> tuple[str, str] | None:
+    """Why a node cannot be rebooted or replaced, if it cannot."""
+    if node is None:
+        return "InstanceIdNotFound", f"Cluster {cluster.name} has no node {identifier}."
+    if node.logical_id == cluster.spec["controller"]["logicalId"]:
+        return "InstanceIdInUse", f"Node {identifier} is the cluster's Slurm controller (its slurmctld)."
+    if node.status != "Running":
+        return "InvalidInstanceStatus", f"Node {identifier} is {node.status}; only a Running node can be."
     return None
 
 
