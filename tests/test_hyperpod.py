@@ -72,7 +72,7 @@ def test_a_hyperpod_cluster_is_real_slurm_and_runs_a_job(server, sagemaker):
     name = create(sagemaker)
     creating = sagemaker.describe_cluster(ClusterName=name)
     assert creating["ClusterStatus"] == "Creating"
-    assert creating["ClusterArn"].startswith(f"arn:aws:sagemaker:us-east-1:") and ":cluster/" in creating["ClusterArn"]
+    assert creating["ClusterArn"].startswith("arn:aws:sagemaker:us-east-1:") and ":cluster/" in creating["ClusterArn"]
     cluster = wait_status(sagemaker, name, ("InService",))
     groups = {g["InstanceGroupName"]: g for g in cluster["InstanceGroups"]}
     assert groups["controller"]["SlurmConfig"] == {"NodeType": "Controller"}
