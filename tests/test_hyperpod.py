@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
-from conftest import OpenPcs, unique
+from conftest import OpenPcs, free_port, unique
 from test_slurm import node_states, openpcs_exec
 
 ROLE = "arn:aws:iam::123456789012:role/hyperpod-exec"
@@ -368,3 +373,120 @@ def test_reboot_keeps_the_instance_and_replace_keeps_the_node_logical_id(server,
         "workers-2"
     sagemaker.delete_cluster(ClusterName=name)
     wait_gone(sagemaker, name)
+
+
+ON_CREATE = """#!/bin/bash
+set -e
+source ./helpers.sh   # a file beside the script, as HyperPod's lifecycle scripts use theirs
+say_created >> {marker}
+"""
+
+
+def drop_scripts(root: Path, marker: Path, failing: bool = False) -> None:
+    """A lifecycle script source: on_create.sh and the helper it sources."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "on_create.sh").write_text(ON_CREATE.format(marker=marker) if not failing else
+                                       "echo installing the drivers\necho 'fatal: no drivers for this node' >&2\n"
+                                       "exit 3\n")
+    (root / "helpers.sh").write_text('say_created() { echo "created $OPENPCS_NODE_NAME"; }\n')
+
+
+def lifecycle(uri: str) -> dict:
+    return {"LifeCycleConfig": {"SourceS3Uri": uri, "OnCreate": "on_create.sh"}}
+
+
+def test_on_create_runs_on_each_node_from_the_data_dirs_bucket(server, sagemaker, tmp_path):
+    marker = tmp_path / "created.txt"
+    drop_scripts(server.data_dir / "buckets" / "lifecycle-scripts" / "hp" / "base", marker)
+    name = create(sagemaker, groups=[controller_group(),
+                                     compute_group(count=2, **lifecycle("s3://lifecycle-scripts/hp/base/"))])
+    cluster = wait_status(sagemaker, name, ("InService",))
+    assert cluster["InstanceGroups"][1]["LifeCycleConfig"]["OnCreate"] == "on_create.sh"
+    assert sorted(marker.read_text().splitlines()) == ["created workers-1", "created workers-2"]
+    # Once in a node's life: a reboot (slurmd restarted on the same instance) does not run it again.
+    first = next(n["InstanceId"] for n in nodes_of(sagemaker, name) if n["InstanceGroupName"] == "workers")
+    sagemaker.batch_reboot_cluster_nodes(ClusterName=name, NodeIds=[first])
+    wait_status(sagemaker, name, ("InService",))
+    wait_nodes(sagemaker, name, "workers", ["Running"] * 2)
+    assert len(marker.read_text().splitlines()) == 2
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+
+
+def test_a_failing_on_create_script_marks_the_node_failure_with_its_output(server, sagemaker, tmp_path):
+    drop_scripts(server.data_dir / "buckets" / "lifecycle-scripts" / "broken", tmp_path / "unused", failing=True)
+    name = create(sagemaker, groups=[controller_group(),
+                                     compute_group(count=1, **lifecycle("s3://lifecycle-scripts/broken"))])
+    cluster = wait_status(sagemaker, name, ("Failed",))
+    assert "fatal: no drivers for this node" in cluster["FailureMessage"]
+    assert "exited with status 3" in cluster["FailureMessage"]
+    assert cluster["InstanceGroups"][1]["Status"] == "Failed"
+    failed = [e for e in sagemaker.list_cluster_events(ClusterName=name)["Events"] if e["EventLevel"] == "Error"]
+    assert failed and "fatal: no drivers for this node" in failed[0]["Description"]
+    detail = sagemaker.describe_cluster_event(ClusterName=name, EventId=failed[0]["EventId"])["EventDetails"]
+    assert "fatal: no drivers" in detail["EventDetails"]["EventMetadata"]["Instance"]["FailureMessage"]
+    logical = detail["EventDetails"]["EventMetadata"]["Instance"]["NodeLogicalId"]
+    node = sagemaker.describe_cluster_node(ClusterName=name, NodeLogicalId=logical)["NodeDetails"]
+    assert node["InstanceStatus"]["Status"] == "Failure"
+    assert "fatal: no drivers for this node" in node["InstanceStatus"]["Message"]
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+
+
+def test_a_missing_on_create_script_fails_with_where_openpcs_looked(server, sagemaker):
+    name = create(sagemaker, groups=[controller_group(),
+                                     compute_group(count=1, **lifecycle("s3://nosuch-bucket/scripts"))])
+    cluster = wait_status(sagemaker, name, ("Failed",))
+    assert "s3://nosuch-bucket/scripts/on_create.sh does not exist" in cluster["FailureMessage"]
+    assert str(server.data_dir / "buckets" / "nosuch-bucket") in cluster["FailureMessage"]
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+
+
+@pytest.fixture
+def object_store(tmp_path):
+    """moto's S3 server, the standard stand-in for an S3-compatible object store, stopped by PID."""
+    port = free_port()
+    log = open(tmp_path / "moto.log", "wb")  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=log, stderr=log,
+                               start_new_session=True)
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "moto.log").read_text()
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_on_create_scripts_come_from_the_configured_object_store(tmp_path, object_store):
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    s3 = boto3.client("s3", endpoint_url=object_store, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="team-scripts")
+    marker = tmp_path / "created.txt"
+    source = tmp_path / "source"
+    drop_scripts(source, marker)
+    for path in source.iterdir():
+        s3.put_object(Bucket="team-scripts", Key=f"lifecycle/{path.name}", Body=path.read_bytes())
+    server = OpenPcs(tmp_path / "data", None, "--object-store-url", object_store, env=keys).start()
+    sagemaker = server.client("sagemaker")
+    name = create(sagemaker, groups=[controller_group(),
+                                     compute_group(count=1, **lifecycle("s3://team-scripts/lifecycle"))])
+    wait_status(sagemaker, name, ("InService",))
+    assert marker.read_text() == "created workers-1\n"
+    s3.delete_object(Bucket="team-scripts", Key="lifecycle/on_create.sh")
+    sagemaker.batch_add_cluster_nodes(ClusterName=name, NodesToAdd=[
+        {"InstanceGroupName": "workers", "IncrementTargetCountBy": 1}])
+    cluster = wait_status(sagemaker, name, ("InService",))  # the group failed its update: it runs, Degraded
+    assert cluster["InstanceGroups"][1]["Status"] == "Degraded"
+    assert "on_create.sh does not exist" in cluster["FailureMessage"] and object_store in cluster["FailureMessage"]
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+    server.close()

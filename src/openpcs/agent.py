@@ -6,10 +6,11 @@ own key, which may call nothing else, writes the cluster's munge key it receives
 slurmd as the node name it was given. An instance on another host would do the same; the local
 provider runs one agent for a batch of instances, so that a few hundred nodes cost one Python start.
 
-If the node group asks for deep health checks on start, the instance runs them (openpcs.health_checks)
-between registering and starting slurmd. A failure is written to the instance's failure.txt, where the
-control plane reads it (and repairs the node or marks it DOWN in Slurm with it). While the agent works
-on an instance it holds that directory's agent.lock, so a second agent never starts a second slurmd.
+If the node group has an OnCreate lifecycle script (HyperPod's LifeCycleConfig), the instance runs it once, after
+registering and before anything else (openpcs.scripts). If the node group asks for deep health checks on start,
+the instance runs them (openpcs.health_checks) before starting slurmd. A failure is written to the instance's
+failure.txt, where the control plane reads it (and repairs the node or marks it DOWN in Slurm with it). While the
+agent works on an instance it holds that directory's agent.lock, so a second agent never starts a second slurmd.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from . import health_checks, processes
+from . import health_checks, processes, scripts
 from .files import write_private
 
 REGISTER_TARGET = "AWSParallelComputingService.RegisterComputeNodeGroupInstance"
@@ -45,6 +46,10 @@ class RegistrationRefused(Exception):
 
 
 class HealthCheckFailed(Exception):
+    pass
+
+
+class LifecycleScriptFailed(Exception):
     pass
 
 
@@ -87,6 +92,7 @@ def bring_up(directory: Path) -> bool:
             answer = register(boot)
             write_private(directory / "munge.key", base64.b64decode(answer["sharedSecret"]))
             node = answer["nodeID"]
+            run_on_create(directory, boot, node)
             check = boot.get("deepHealthCheck") or {}
             problem = health_checks.run(check.get("profile", "NONE"), directory, boot, answer)
             if problem and check.get("repairAction") != "NONE":
@@ -112,6 +118,21 @@ def bring_up(directory: Path) -> bool:
             return False
         (directory / "failure.txt").unlink(missing_ok=True)
         return True
+
+
+def run_on_create(directory: Path, boot: dict, node: str) -> None:
+    """The instance's OnCreate lifecycle script, once in its life (not again when its slurmd is restarted)."""
+    lifecycle = boot.get("lifecycle")
+    done = directory / "on-create.done"
+    if not lifecycle or done.exists():
+        return
+    script = Path(lifecycle["directory"]) / lifecycle["onCreate"]
+    problem = scripts.run(script, Path(boot["logDir"]) / "lifecycle" / f"{boot['instanceId']}.log",
+                          {"OPENPCS_NODE_NAME": node, "OPENPCS_INSTANCE_ID": boot["instanceId"],
+                           "OPENPCS_CLUSTER_ID": boot["clusterIdentifier"], "SLURM_CONF": boot["slurmConf"]})
+    if problem:
+        raise LifecycleScriptFailed(f"OnCreate lifecycle script failed: {problem}")
+    done.touch()
 
 
 def main(directories: list[str]) -> int:

@@ -81,7 +81,7 @@ class Service:
     def __init__(self, data_dir: Path, database: str | None, region: str | None, api_url: str, slurm: Catalog,
                  drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS,
                  protected_mode_cooldown: float = PROTECTED_MODE_COOLDOWN_SECONDS,
-                 accounting_database: str | None = None) -> None:
+                 accounting_database: str | None = None, object_store_url: str | None = None) -> None:
         self.data_dir = data_dir
         self.store = open_store(data_dir, database)
         self.identity = identity(self.store, region)
@@ -90,7 +90,7 @@ class Service:
         self.credentials_path = ensure_credentials(self.store, data_dir, self.identity.region)
         page_token_key(self.store)  # made here, once, so that workers only ever read it
         self.runtime = Runtime(data_dir, self.store, self.identity.region, self.identity.account, api_url, slurm,
-                               drain_timeout, protected_mode_cooldown, accounting_database)
+                               drain_timeout, protected_mode_cooldown, accounting_database, object_store_url)
         self.reconciler = Reconciler(self.store, self.runtime)
 
     def start(self) -> None:

@@ -65,11 +65,15 @@ def main() -> None:
                    "(ADMIN creates a database and a user per cluster) [default: $OPENPCS_ACCOUNTING_DATABASE, else a "
                    "MariaDB server openpcs runs in the data dir]. Prefer the variable: any user can read a command "
                    "line.")
+@click.option("--object-store-url", default=None, metavar="URL", envvar="OPENPCS_OBJECT_STORE_URL",
+              help="Read s3:// scripts (HyperPod's lifecycle scripts) from the S3-compatible object store at this "
+                   "endpoint, with credentials from AWS's usual chain (environment, ~/.aws, AWS_PROFILE) [default: "
+                   "$OPENPCS_OBJECT_STORE_URL, else DATA/buckets/BUCKET/KEY].")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str, port: int, data_dir: Path | None, database: str | None, region: str | None,
           max_clusters: int, reconcile: bool, workers: int, drain_timeout: float, protected_mode_cooldown: float,
-          version_map: tuple[str, ...], accounting_database: str | None,
+          version_map: tuple[str, ...], accounting_database: str | None, object_store_url: str | None,
           log_level: str) -> None:
     """Run the API and the reconcilers in the foreground."""
     import logging
@@ -96,7 +100,7 @@ def serve(host: str, port: int, data_dir: Path | None, database: str | None, reg
     sock = bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
     service = Service(directory, database, region, url, slurm, drain_timeout, protected_mode_cooldown,
-                      accounting_database)
+                      accounting_database, object_store_url)
     (directory / "server.json").write_text(json.dumps({"url": url, "region": service.identity.region,
                                                        "pid": os.getpid(), "slurm": slurm.describe()}) + "\n")
     if reconcile:

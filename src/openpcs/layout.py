@@ -3,7 +3,8 @@
     DATA/clusters/<cluster id>/   munge.key, jwt.key, accounting.password, etc/ (slurm.conf,
                                   slurmdbd.conf ...), state/, run/ (pid files, daemon records,
                                   applied-config.json, power/ requests), ports.json, slurm-build.json,
-                                  faults.json
+                                  faults.json, lifecycle/<node group>/<version>/ (its nodes' scripts)
+    DATA/buckets/<bucket>/<key>   what s3://bucket/key means without an object store (openpcs.objects)
     DATA/mariadb/                 the host's MariaDB server for accounting: data/, its daemon record,
                                   ports.json
     /run/openpcs/<hash>/          the cluster's munge socket and slurmd spool dirs (short paths: sockets),
@@ -43,6 +44,13 @@ class DataLayout:
 
     def slurm_conf(self, cluster_id: str) -> Path:
         return self.conf_dir(cluster_id) / "slurm.conf"
+
+    def lifecycle_dir(self, cluster_id: str, node_group: str) -> Path:
+        return self.cluster_dir(cluster_id) / "lifecycle" / node_group
+
+    @property
+    def buckets_dir(self) -> Path:
+        return self.data_dir / "buckets"
 
     def run_dir(self, cluster_id: str) -> Path:
         return self.cluster_dir(cluster_id) / "run"

@@ -19,6 +19,7 @@ from ..store import instances as instance_rows
 from ..store.db import Store
 from ..store.resources import Resource
 from .events import Events
+from .lifecycle import LifecycleScripts
 
 log = logging.getLogger("openpcs.fleet")
 
@@ -33,8 +34,9 @@ def deep_health_check(group: Resource) -> dict[str, str]:
 
 class Fleet:
     def __init__(self, layout: DataLayout, store: Store, provider: Bounded, events_: Events, api_url: str,
-                 region: str) -> None:
+                 region: str, lifecycle: LifecycleScripts) -> None:
         self.layout, self.store, self.provider, self.events = layout, store, provider, events_
+        self.lifecycle = lifecycle
         self.api_url, self.region = api_url, region
 
     def launch_new(self, cluster: Resource, group: Resource, names: Sequence[str], slurmd: str, why: str,
@@ -46,6 +48,7 @@ class Fleet:
         ProviderError if the call failed as a whole (its instances are forgotten too)."""
         if not names:
             return [], {}
+        lifecycle = self.lifecycle.prepare(cluster, group)  # before anything is recorded: it may fail the launch
         bootstraps = {}
         with self.store.write() as conn:
             issued = []
@@ -60,7 +63,8 @@ class Fleet:
                     "secretAccessKey": key.secret_access_key, "slurmConf": str(self.layout.slurm_conf(cluster.id)),
                     "slurmd": slurmd, "logDir": str(self.layout.log_dir(cluster.id)),
                     "spoolDir": str(self.layout.spool_dir(cluster.id)),
-                    "deepHealthCheck": deep_health_check(group), "reportBoot": powered_up}
+                    "deepHealthCheck": deep_health_check(group), "reportBoot": powered_up,
+                    **({"lifecycle": lifecycle} if lifecycle else {})}
         instance_type = group.spec["instanceConfigs"][0]["instanceType"]
         requests = [LaunchRequest(i.id, cluster.id, group.id, i.node_name, instance_type, bootstraps[i.id])
                     for i in issued]

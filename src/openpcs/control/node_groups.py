@@ -173,6 +173,8 @@ class NodeGroups:
             return
         controller = self.runtime.controller(cluster)
         for instance, status in broken:
+            self.fleet.events.emit(cluster.id, events.LAUNCH_FAILED, status.detail, node_group_id=group.id,
+                                   node=instance.node_name, instance_id=instance.id)
             reason = f"openpcs: {status.detail}"[:200].replace('"', "'")
             controller.scontrol("update", f"nodename={instance.node_name}", "state=down", f"reason={reason}")
         self.fleet.terminate(cluster, [i for i, _ in broken], "its bootstrap failed or it is gone")

@@ -29,6 +29,7 @@ import orjson
 from ..domain import ids, node_numbers
 from ..files import write_private
 from ..layout import DataLayout
+from ..objects import ObjectReader
 from ..providers.base import Bounded
 from ..providers.local import LocalProvider
 from ..slurm import config as slurm_config
@@ -46,6 +47,7 @@ from .events import Events
 from .failures import RuntimeFailure, RuntimePending
 from .fleet import Fleet
 from .health import Health
+from .lifecycle import LifecycleScripts
 from .node_groups import NodeGroups, instance_type
 from .ports import Ports
 from .scaling import PROTECTED_MODE_COOLDOWN_SECONDS, Scaler
@@ -85,14 +87,16 @@ class Runtime:
     def __init__(self, data_dir: Path, store: Store, region: str, account: str, api_url: str, slurm: Catalog,
                  drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_SECONDS,
                  protected_mode_cooldown: float = PROTECTED_MODE_COOLDOWN_SECONDS,
-                 accounting_database: str | None = None) -> None:
+                 accounting_database: str | None = None, object_store: str | None = None) -> None:
         self.data_dir, self.store, self.slurm = data_dir, store, slurm
         self.region, self.account, self.api_url = region, account, api_url
         self.layout = DataLayout(data_dir)
         self.services = ClusterServices(self.layout, AccountingDatabases(self.layout, accounting_database),
                                         self._live_clusters)
         self.events = Events(store)
-        self.fleet = Fleet(self.layout, store, Bounded(LocalProvider(self.layout)), self.events, api_url, region)
+        scripts = LifecycleScripts(self.layout, ObjectReader(self.layout.buckets_dir, object_store, region))
+        self.fleet = Fleet(self.layout, store, Bounded(LocalProvider(self.layout)), self.events, api_url, region,
+                           scripts)
         self.drains = Drains(drain_timeout)
         self._synced: dict[str, tuple] = {}  # cluster id -> what its running configuration was rendered from
         self.node_groups = NodeGroups(self)

@@ -168,7 +168,10 @@ def health_checks(node_recovery: str) -> dict[str, Any]:
 
 def node_group_spec(group: dict[str, Any], nodes: dict[str, str], node_recovery: str) -> dict[str, Any]:
     """The engine's node group for a Compute instance group whose nodes are `nodes` (number -> NodeLogicalId)."""
+    lifecycle = group.get("LifeCycleConfig") or {}
     return {
+        **({"onCreate": {"source": lifecycle["SourceS3Uri"], "script": lifecycle["OnCreate"]}}
+           if lifecycle.get("SourceS3Uri") and lifecycle.get("OnCreate") else {}),
         "instanceGroup": group,
         "logicalNodes": nodes,
         "instanceConfigs": [{"instanceType": ec2_type(group["InstanceType"])}],

@@ -392,9 +392,10 @@ class SageMakerHandlers:
                                  "and delete this one instead.")
 
     def _change_group(self, conn: Connection, current: Resource, group: dict[str, Any], recovery: str) -> None:
-        spec = copy.deepcopy(current.spec)
-        spec["instanceGroup"] = group
-        spec["instanceHealthChecks"] = hyperpod.health_checks(recovery)
+        # What the instance group decides is made again from it (an OnCreate script taken out goes); what the group
+        # has lived through (its node numbers, nodes being retired, node actions) stays.
+        spec = {key: value for key, value in copy.deepcopy(current.spec).items() if key != "onCreate"}
+        spec.update(hyperpod.node_group_spec(group, spec["logicalNodes"], recovery))
         hyperpod.resize(spec, group["InstanceCount"])
         if spec != current.spec:
             rows.request_change(conn, current, "UPDATING", spec)
