@@ -490,3 +490,24 @@ def test_on_create_scripts_come_from_the_configured_object_store(tmp_path, objec
     sagemaker.delete_cluster(ClusterName=name)
     wait_gone(sagemaker, name)
     server.close()
+
+
+def test_node_recovery_automatic_replaces_a_dead_instance_under_the_same_node_logical_id(server, sagemaker):
+    name = create(sagemaker, groups=[controller_group(), compute_group(count=1)], NodeRecovery="Automatic")
+    wait_status(sagemaker, name, ("InService",))
+    node = next(n for n in nodes_of(sagemaker, name) if n["InstanceGroupName"] == "workers")
+    subprocess.run([sys.executable, "-m", "openpcs", "inject", "--data-dir", str(server.data_dir), name,
+                    "workers-1", "instance-death"], check=True, capture_output=True, timeout=60)
+    deadline = time.monotonic() + 90
+    while True:
+        now = sagemaker.describe_cluster_node(ClusterName=name, NodeLogicalId=node["NodeLogicalId"])["NodeDetails"]
+        if now.get("InstanceId") not in (None, node["InstanceId"]) and now["InstanceStatus"]["Status"] == "Running" \
+                and node_states(server, name)["workers-1"] == "IDLE":
+            break
+        assert time.monotonic() < deadline, now
+        time.sleep(0.5)
+    repairs = [e for e in sagemaker.list_cluster_events(ClusterName=name, NodeId=node["InstanceId"])["Events"]
+               if e["Description"].startswith("Repair")]
+    assert repairs and repairs[0]["EventLevel"] == "Warn"
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
