@@ -240,8 +240,10 @@ def test_batch_delete_drains_a_busy_node_first_and_never_removes_the_controller(
     ({"InstanceGroups": [controller_group(), compute_group(), compute_group()]}, "listed more than once"),
     ({"InstanceGroups": [controller_group(), {**compute_group(), "MinInstanceCount": 3}]}, "MinInstanceCount"),
     ({"InstanceGroups": [{**controller_group(), "InstanceCount": 2}, compute_group()]}, "InstanceCount must be 1"),
-    ({"InstanceGroups": [controller_group(), compute_group(), {**compute_group("login", 1, None),
-                                                                "SlurmConfig": {"NodeType": "Login"}}]}, "Login"),
+    ({"InstanceGroups": [controller_group(), compute_group(), {**compute_group("login", 1, "dev"),
+                                                                "SlurmConfig": {"NodeType": "Login",
+                                                                                "PartitionNames": ["dev"]}}]},
+     "Login group"),
     ({"InstanceGroups": [controller_group(), {**compute_group(), "KubernetesConfig": {"Labels": {"a": "b"}}}]},
      "Amazon EKS"),
     ({"AutoScaling": {"Mode": "Enable", "AutoScalerType": "Karpenter"}}, "Karpenter"),
@@ -509,5 +511,40 @@ def test_node_recovery_automatic_replaces_a_dead_instance_under_the_same_node_lo
     repairs = [e for e in sagemaker.list_cluster_events(ClusterName=name, NodeId=node["InstanceId"])["Events"]
                if e["Description"].startswith("Repair")]
     assert repairs and repairs[0]["EventLevel"] == "Warn"
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+
+
+def login_group(name: str = "login", count: int = 1) -> dict:
+    return {"InstanceGroupName": name, "InstanceType": "ml.c5.large", "InstanceCount": count, "ExecutionRole": ROLE,
+            "SlurmConfig": {"NodeType": "Login"}}
+
+
+def on_login_node(server: OpenPcs, node: str, cluster: str, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "openpcs", "exec", "--data-dir", str(server.data_dir),
+                           "--node", node, cluster, "--", *command], capture_output=True, text=True, timeout=120,
+                          cwd=server.data_dir)
+
+
+def test_login_nodes_are_slurm_clients_that_fetch_the_configuration_and_submit_jobs(server, sagemaker):
+    name = create(sagemaker, groups=[controller_group(), login_group(), compute_group(count=1)])
+    wait_status(sagemaker, name, ("InService",))
+    nodes = {n["InstanceGroupName"]: n for n in nodes_of(sagemaker, name)}
+    assert nodes["login"]["InstanceStatus"]["Status"] == "Running"
+    assert node_states(server, name) == {"workers-1": "IDLE"}  # a login node is no Slurm node
+    submitted = on_login_node(server, "login-1", name, "sbatch", "--parsable", "--wait", "--wrap",
+                              "echo ran on $SLURMD_NODENAME > from-login.txt")
+    assert submitted.returncode == 0, submitted.stderr
+    assert (server.data_dir / "from-login.txt").read_text() == "ran on workers-1\n"
+    # The login node's configuration is what its sackd fetched from slurmctld (configless), kept current.
+    sagemaker.update_cluster(ClusterName=name, InstanceGroups=[compute_group("gpu", count=1, partition="gpu")])
+    wait_status(sagemaker, name, ("InService",))
+    deadline = time.monotonic() + 30
+    while "gpu" not in on_login_node(server, "login-1", name, "sinfo", "-h", "-o", "%P").stdout:
+        assert time.monotonic() < deadline, "the login node did not see the new partition"
+        time.sleep(0.2)
+    for node, words in (("workers-1", "no login node workers-1"), ("nosuch", "Its login nodes: login-1")):
+        refused = on_login_node(server, node, name, "sinfo")
+        assert refused.returncode != 0 and words in refused.stderr, refused.stderr
     sagemaker.delete_cluster(ClusterName=name)
     wait_gone(sagemaker, name)

@@ -35,6 +35,8 @@ REGISTER_TARGET = "AWSParallelComputingService.RegisterComputeNodeGroupInstance"
 # The API may be restarting: keep trying this long before giving up on an instance.
 REGISTER_PATIENCE_SECONDS = 60.0
 PARALLEL_REGISTRATIONS = 8
+# How long a login node's sackd may take to fetch the cluster's configuration.
+LOGIN_READY_SECONDS = 30.0
 # slurmd's PATH (for the programs it runs); the agent's own environment may not have sbin.
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -97,6 +99,10 @@ def bring_up(directory: Path) -> bool:
             problem = health_checks.run(check.get("profile", "NONE"), directory, boot, answer)
             if problem and check.get("repairAction") != "NONE":
                 raise HealthCheckFailed(problem)  # repairAction NONE: the node takes jobs regardless
+            if boot.get("role") == "login":
+                start_login_node(directory, boot, answer, node)
+                (directory / "failure.txt").unlink(missing_ok=True)
+                return True
             conf = boot["slurmConf"]  # the local provider shares the cluster's configuration, as NFS would
             (Path(boot["spoolDir"]) / node).mkdir(parents=True, exist_ok=True)
             # The cluster's own Slurm build, by absolute path. slurmd works in a directory of its node's under the
@@ -118,6 +124,37 @@ def bring_up(directory: Path) -> bool:
             return False
         (directory / "failure.txt").unlink(missing_ok=True)
         return True
+
+
+def start_login_node(directory: Path, boot: dict, answer: dict, node: str) -> None:
+    """A login node: Slurm 24.11's sackd, which fetches the cluster's configuration from slurmctld (configless) into
+    /run/slurm/conf, where Slurm's commands look for it. It runs in a mount namespace of its own, where /run is a
+    fresh tmpfs holding only its /run/slurm (this instance's slurm-conf directory), the cluster's munge socket as
+    munge's default one (sackd authenticates before it has a configuration) and the socket directory the fetched
+    configuration names: several login nodes share one host, and the host's /run gains nothing."""
+    port = next(e["port"] for e in answer["endpoints"] if e["type"] == "SLURMCTLD")
+    cache, keep = directory / "slurm-conf", directory / "run-keep"
+    for path in (cache, keep):
+        path.mkdir(exist_ok=True)
+    fetched = cache / "conf" / "slurm.conf"
+    fetched.unlink(missing_ok=True)  # a start fetches it again
+    sockets = Path(boot["mungeSocket"]).parent
+    restore = (f'mkdir -p "{sockets}" && mount --bind "{keep}" "{sockets}" && '
+               if sockets.is_relative_to("/run") else "")
+    script = (f'set -e; mount --bind "{sockets}" "{keep}"; mount -t tmpfs -o mode=755 openpcs-login /run; '
+              f'mkdir -p /run/slurm /run/munge; {restore}mount --bind "{cache}" /run/slurm; '
+              f'touch /run/munge/munge.socket.2; mount --bind "{boot["mungeSocket"]}" /run/munge/munge.socket.2; '
+              f'exec "{Path(boot["slurmd"]).parent / "sackd"}" -D --conf-server 127.0.0.1:{port}')
+    log = Path(boot["logDir"]) / f"sackd-{node}.out"
+    processes.spawn(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script],
+                    directory / "slurmd.json", log, env={"PATH": _PATH}, cwd=directory)
+    deadline = time.monotonic() + LOGIN_READY_SECONDS
+    while not fetched.exists():
+        if processes.adopt(directory / "slurmd.json") is None or time.monotonic() > deadline:
+            processes.stop(directory / "slurmd.json")
+            lines = log.read_text(errors="replace").strip().splitlines()
+            raise RegistrationRefused("sackd did not fetch the cluster's configuration: " + " | ".join(lines[-5:]))
+        time.sleep(0.1)
 
 
 def run_on_create(directory: Path, boot: dict, node: str) -> None:

@@ -23,6 +23,9 @@ from .app import (
 )
 from .cli_nodes import events, inject
 from .cli_options import data_dir_option, database_option, existing_store, find_cluster, resolve_data_dir
+from .domain import ids
+from .store import resources as rows
+from .store.resources import Resource
 
 # Slurm's own default for `scontrol token`.
 DEFAULT_TOKEN_LIFESPAN_SECONDS = 1800
@@ -196,18 +199,22 @@ def credentials_revoke(data_dir: Path | None, database: str | None, access_key_i
 @main.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @data_dir_option
 @database_option
+@click.option("--node", default=None, metavar="NODE",
+              help="Run it on this login node of a HyperPod cluster, with the configuration its sackd fetched.")
 @click.argument("cluster")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_(data_dir: Path | None, database: str | None, cluster: str, command: tuple[str, ...]) -> None:
+def exec_(data_dir: Path | None, database: str | None, node: str | None, cluster: str,
+          command: tuple[str, ...]) -> None:
     """Run a Slurm command against CLUSTER (its name or id): openpcs exec demo -- sinfo."""
     command = command[1:] if command[0] == "--" else command  # `--` is optional; click keeps it here
     if not command:
         raise click.UsageError("Name a Slurm command to run, e.g. openpcs exec demo -- sinfo")
     found, controller, build = _cluster_slurm(data_dir, database, cluster)
+    conf = str(controller.conf) if node is None else _login_node_conf(data_dir, database, found, node)
     # The cluster's own build first on PATH, so a script or tool run here calls its sbatch, whatever else is installed.
     path = f"{Path(build['prefix']) / 'bin'}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
     try:
-        os.execvpe(command[0], list(command), {**os.environ, "SLURM_CONF": str(controller.conf), "PATH": path})
+        os.execvpe(command[0], list(command), {**os.environ, "SLURM_CONF": conf, "PATH": path})
     except FileNotFoundError:
         raise click.ClickException(f"{command[0]}: command not found. Slurm's client commands (sbatch, srun, squeue, "
                                    f"sinfo, scontrol, scancel) are in {build['prefix']}/bin.") from None
@@ -237,6 +244,26 @@ def token(data_dir: Path | None, database: str | None, cluster: str, user: str |
     if done.returncode != 0 or not done.stdout.startswith("SLURM_JWT="):
         raise click.ClickException(f"Slurm made no token: {(done.stderr or done.stdout).strip()}")
     click.echo(done.stdout.strip().removeprefix("SLURM_JWT="))
+
+
+def _login_node_conf(data_dir: Path | None, database: str | None, cluster: Resource, node: str) -> str:
+    """The configuration a login node's sackd fetched from the cluster's slurmctld (control.login_nodes)."""
+    from .control.login_nodes import is_login
+    from .layout import DataLayout
+    from .store import instances as instance_rows
+
+    with existing_store(data_dir, database).read() as conn:
+        groups = {g.id: g for g in rows.children(conn, cluster.id, ids.NODE_GROUP)}
+        instances = instance_rows.of_cluster(conn, cluster.id)
+    logins = {i.node_name: i for i in instances if i.node_group_id in groups and is_login(groups[i.node_group_id])}
+    if node not in logins:
+        raise click.ClickException(f"Cluster {cluster.name} has no login node {node}. Its login nodes: "
+                                   f"{', '.join(sorted(logins)) or 'none (give it a Login instance group)'}.")
+    conf = DataLayout(resolve_data_dir(data_dir)).instance_dir(logins[node].id) / "slurm-conf" / "conf" / "slurm.conf"
+    if not conf.exists():
+        raise click.ClickException(f"Login node {node} has not fetched the cluster's configuration yet; try again "
+                                   "once it is Running.")
+    return str(conf)
 
 
 def _cluster_slurm(data_dir: Path | None, database: str | None, cluster: str):

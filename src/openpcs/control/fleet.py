@@ -63,6 +63,8 @@ class Fleet:
                     "secretAccessKey": key.secret_access_key, "slurmConf": str(self.layout.slurm_conf(cluster.id)),
                     "slurmd": slurmd, "logDir": str(self.layout.log_dir(cluster.id)),
                     "spoolDir": str(self.layout.spool_dir(cluster.id)),
+                    "mungeSocket": str(self.layout.munge_socket(cluster.id)),
+                    **({"role": "login"} if group.spec.get("role") == "login" else {}),
                     "deepHealthCheck": deep_health_check(group), "reportBoot": powered_up,
                     **({"lifecycle": lifecycle} if lifecycle else {})}
         instance_type = group.spec["instanceConfigs"][0]["instanceType"]

@@ -66,7 +66,7 @@ class Ports:
             return {"nodes": {}}
 
     def daemon(self, name: str) -> int:
-        """The port of one of the owner's daemons: slurmctld, slurmdbd, slurmrestd, mariadb."""
+        """The port of one of the owner's daemons: slurmctld, slurmdbd, slurmrestd, sackd (login nodes), mariadb."""
         self._reload()
         if name not in self.data:
             self.data[name] = self._allocate(1)[0]

@@ -48,6 +48,7 @@ from .failures import RuntimeFailure, RuntimePending
 from .fleet import Fleet
 from .health import Health
 from .lifecycle import LifecycleScripts
+from .login_nodes import LoginNodes, is_login
 from .node_groups import NodeGroups, instance_type
 from .ports import Ports
 from .scaling import PROTECTED_MODE_COOLDOWN_SECONDS, Scaler
@@ -100,6 +101,7 @@ class Runtime:
         self.drains = Drains(drain_timeout)
         self._synced: dict[str, tuple] = {}  # cluster id -> what its running configuration was rendered from
         self.node_groups = NodeGroups(self)
+        self.login_nodes = LoginNodes(self)
         self.scaler = Scaler(self, protected_mode_cooldown)
         self.health = Health(self)
 
@@ -171,14 +173,17 @@ class Runtime:
 
     # -- compute node groups (control.node_groups) ----------------------------------------------------------
 
+    def _groups_of(self, group: Resource) -> NodeGroups | LoginNodes:
+        return self.login_nodes if is_login(group) else self.node_groups
+
     def converge_node_group(self, cluster: Resource, group: Resource) -> dict[str, Any]:
-        return self.node_groups.converge(cluster, group)
+        return self._groups_of(group).converge(cluster, group)
 
     def heal_node_group(self, cluster: Resource, group: Resource) -> None:
-        self.node_groups.heal(cluster, group)
+        self._groups_of(group).heal(cluster, group)
 
     def remove_node_group(self, cluster: Resource, group: Resource) -> None:
-        self.node_groups.remove(cluster, group)
+        self._groups_of(group).remove(cluster, group)
 
     def node_states(self, cluster: Resource) -> dict[str, tuple[str, str]]:
         """node name -> (state, reason), from scontrol: sinfo would not show nodes that are in no partition."""
@@ -218,7 +223,9 @@ class Runtime:
             in_use = _numbers_in_use(instance_rows.of_cluster(conn, cluster.id))
         # What is being deleted stays while it drains: a node group until its nodes are stopped, a queue until
         # it is `removing`.
-        groups = [r for r in children if r.kind == ids.NODE_GROUP and (r.status != "DELETING" or r.id in in_use)]
+        groups = [r for r in children if r.kind == ids.NODE_GROUP and (r.status != "DELETING" or r.id in in_use)
+                  and not is_login(r)]
+        login = any(r.kind == ids.NODE_GROUP and is_login(r) and r.status != "DELETING" for r in children)
         queues = [r for r in children if r.kind == ids.QUEUE and r.id != removing]
         # The configuration is a function of these: unchanged since the last sync, with the daemons still up,
         # there is nothing to do (a node group waiting for its nodes or its drain asks again and again).
@@ -230,7 +237,7 @@ class Runtime:
         self._synced.pop(cluster.id, None)
         if controller.build_changed():
             self._switch_build(cluster, controller)
-        spec = self._cluster_spec(cluster, groups, queues, in_use)
+        spec = self._cluster_spec(cluster, groups, queues, in_use, configless=login)
         self._guard("create the stand-in GPU device files", lambda: _gpu_devices(spec))
         files = slurm_config.render(spec)
         previous = controller.applied_config()
@@ -291,7 +298,7 @@ class Runtime:
         self.fleet.start_again(cluster, instances)
 
     def _cluster_spec(self, cluster: Resource, groups: list[Resource], queues: list[Resource],
-                      in_use: dict[str, set[int]]) -> slurm_config.ClusterSpec:
+                      in_use: dict[str, set[int]], configless: bool) -> slurm_config.ClusterSpec:
         slurm = cluster.spec["slurmConfiguration"]
         ports = Ports.of_cluster(self.layout, cluster.id)
         groups = sorted(groups, key=lambda g: g.name)
@@ -312,6 +319,7 @@ class Runtime:
             accounting_port=ports.daemon("slurmdbd") if wants_accounting(cluster) else None,
             jwt_key=ensure_jwt_key(self.layout, cluster.id) if wants_rest(cluster) else None,
             cluster_name=cluster.id, controller_port=ports.daemon("slurmctld"),
+            login_port=ports.daemon("sackd") if configless else None,
             scale_down_idle_seconds=slurm["scaleDownIdleTimeInSeconds"],
             custom_settings=_settings(slurm.get("slurmCustomSettings")),
             cgroup_settings=_settings(slurm.get("cgroupCustomSettings")),

@@ -2,7 +2,8 @@
 
 A HyperPod cluster is a cluster row like a PCS one (in its own name scope, ids.SAGEMAKER_SCOPE). Its Controller
 instance group is the cluster's slurmctld; each Compute instance group is a node group whose nodes it lists
-(domain.node_numbers: all static, each with its NodeLogicalId); each partition its groups name is a queue. The
+(domain.node_numbers: all static, each with its NodeLogicalId); each partition its groups name is a queue. A
+Login instance group is a node group of login nodes (control.login_nodes), in no partition. The
 request's own members are kept beside the engine's (`hyperPod` in the cluster's spec, `instanceGroup` in each
 group's) so that DescribeCluster returns what was asked.
 """
@@ -147,9 +148,9 @@ def check_instance_groups(groups: list[dict[str, Any]]) -> None:
         if role == CONTROLLER and group["InstanceCount"] != 1:
             raise validation(f"Instance group {name} is the Slurm controller: its InstanceCount must be 1, not "
                              f"{group['InstanceCount']}.")
-        if role == LOGIN:
-            raise validation(f"Instance group {name}: openpcs does not run Login nodes yet. Submit jobs from the "
-                             "host with `openpcs exec CLUSTER -- sbatch ...`.")
+        if role == LOGIN and (group.get("SlurmConfig") or {}).get("PartitionNames"):
+            raise validation(f"Instance group {name} is a Login group: its nodes are in no partition, so it names "
+                             "none (PartitionNames is for Compute groups).")
 
 
 def check_instance_total(groups: list[dict[str, Any]]) -> None:
@@ -167,9 +168,11 @@ def health_checks(node_recovery: str) -> dict[str, Any]:
 
 
 def node_group_spec(group: dict[str, Any], nodes: dict[str, str], node_recovery: str) -> dict[str, Any]:
-    """The engine's node group for a Compute instance group whose nodes are `nodes` (number -> NodeLogicalId)."""
+    """The engine's node group for a Compute or Login instance group whose nodes are `nodes` (number ->
+    NodeLogicalId). A Login group's nodes run sackd, not slurmd (control.login_nodes)."""
     lifecycle = group.get("LifeCycleConfig") or {}
     return {
+        **({"role": "login"} if node_type(group) == LOGIN else {}),
         **({"onCreate": {"source": lifecycle["SourceS3Uri"], "script": lifecycle["OnCreate"]}}
            if lifecycle.get("SourceS3Uri") and lifecycle.get("OnCreate") else {}),
         "instanceGroup": group,

@@ -70,7 +70,7 @@ class SageMakerHandlers:
         cluster = rows.insert(conn, ids.CLUSTER, ids.SAGEMAKER_SCOPE, p["ClusterName"], spec, tags,
                               resource_id=hyperpod.new_cluster_id())
         for group in groups:
-            if hyperpod.node_type(group) == hyperpod.COMPUTE:
+            if hyperpod.node_type(group) != hyperpod.CONTROLLER:
                 self._add_group(conn, cluster, group, first=True)
         self._sync_partitions(conn, cluster, first=True)
         return {"ClusterArn": self.views.arn(cluster)}
@@ -405,7 +405,7 @@ class SageMakerHandlers:
         names any more is deleted. The oldest partition is Slurm's default one."""
         wanted: dict[str, list[str]] = {}
         for group in rows.children(conn, cluster.id, ids.NODE_GROUP):
-            if group.status != "DELETING":
+            if group.status != "DELETING" and hyperpod.node_type(group.spec["instanceGroup"]) == hyperpod.COMPUTE:
                 wanted.setdefault(hyperpod.partition(group.spec["instanceGroup"]), []).append(group.id)
         queues = [q for q in rows.children(conn, cluster.id, ids.QUEUE) if q.status != "DELETING"]
         default = next((q.name for q in queues if q.name in wanted), next(iter(wanted), None))

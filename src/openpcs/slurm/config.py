@@ -106,6 +106,9 @@ class ClusterSpec:
     suspend_timeout_seconds: int = DEFAULT_SUSPEND_TIMEOUT  # SuspendTimeout
     accounting_port: int | None = None   # the cluster's slurmdbd on 127.0.0.1 (accounting STANDARD); None: off
     jwt_key: str | None = None           # the key file of JSON Web Tokens (slurmRest STANDARD); None: off
+    # Login nodes (sackd) fetch the configuration from slurmctld (configless); SlurmdPort, which no node uses (each
+    # has its own Port), is where sackd listens for slurmctld's pushed changes. None: no login nodes.
+    login_port: int | None = None
 
 
 def node_names(group: NodeGroupSpec) -> list[str]:
@@ -313,6 +316,7 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             ("ClusterName", spec.cluster_name),
             ("SlurmctldHost", "localhost(127.0.0.1)"),
             ("SlurmctldPort", str(spec.controller_port)),
+            *([("SlurmdPort", str(spec.login_port))] if spec.login_port else []),
             ("AuthType", "auth/munge"),
             ("CredType", "cred/munge"),
             ("AuthInfo", f"socket={paths.munge_socket}"),
@@ -366,7 +370,8 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             *([("SuspendExcNodes", compress_hostlist(static))] if static else []),
             # A node that failed to start is idle once powered down, so it can be resumed again; power saving
             # looks for idle nodes every second rather than every 10 s.
-            ("SlurmctldParameters", "idle_on_node_suspend,power_save_interval=1"),
+            ("SlurmctldParameters", "idle_on_node_suspend,power_save_interval=1"
+                                    + (",enable_configless" if spec.login_port else "")),
             # Without it a batch job on powered-up nodes waits for slurmctld's 30-second periodic check.
             ("PrologSlurmctld", paths.prolog_slurmctld),
         ]),
