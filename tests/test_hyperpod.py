@@ -137,6 +137,10 @@ def test_batch_add_cluster_nodes_join_slurm_run_jobs_and_retries_return_the_same
     retried = sagemaker.batch_add_cluster_nodes(**request)
     assert [(n["NodeLogicalId"], n["Status"]) for n in retried["Successful"]] == [(i, "Running") for i in logical_ids]
     assert sagemaker.describe_cluster(ClusterName=name)["InstanceGroups"][1]["TargetCount"] == 3
+    with pytest.raises(ClientError) as reused:  # the same token for another request
+        sagemaker.batch_add_cluster_nodes(**{**request, "NodesToAdd": [{"InstanceGroupName": "workers",
+                                                                        "IncrementTargetCountBy": 1}]})
+    assert error(reused)[0] == "ConflictException" and error(reused)[2] == 400
     sagemaker.delete_cluster(ClusterName=name)
     wait_gone(sagemaker, name)
 
@@ -284,7 +288,8 @@ def test_update_cluster_changes_counts_recovery_groups_and_partitions(server, sa
     name = create(sagemaker, groups=[controller_group(), compute_group(count=1)])
     wait_status(sagemaker, name, ("InService",))
     sagemaker.update_cluster(ClusterName=name, NodeRecovery="None", InstanceGroups=[
-        compute_group(count=2), compute_group("big", count=1, partition="large")])
+        compute_group(count=2), compute_group("big", count=1, partition="large", InstanceType="ml.c5.2xlarge",
+                                              ThreadsPerCore=1)])
     assert sagemaker.describe_cluster(ClusterName=name)["ClusterStatus"] == "Updating"
     cluster = wait_status(sagemaker, name, ("InService",))
     assert cluster["NodeRecovery"] == "None"
@@ -293,6 +298,10 @@ def test_update_cluster_changes_counts_recovery_groups_and_partitions(server, sa
     sinfo = openpcs_exec(server, name, "sinfo", "--noheader", "--format=%P %N").stdout.split("\n")
     assert sorted(line for line in sinfo if line) == ["dev* workers-[1-2]", "large big-1"]
     assert openpcs_exec(server, name, "srun", "-p", "large", "printenv", "SLURMD_NODENAME").stdout.strip() == "big-1"
+    # c5.2xlarge has 8 vCPUs, two threads a core: with ThreadsPerCore 1, Slurm's node has 4 CPUs.
+    assert "CPUTot=4 " in openpcs_exec(server, name, "scontrol", "show", "node", "big-1").stdout
+    assert cluster["InstanceGroups"][2]["InstanceTypeDetails"] == [
+        {"InstanceType": "ml.c5.2xlarge", "CurrentCount": 1, "ThreadsPerCore": 1}]
     # Fewer nodes, a group deleted with its partition; the controller group stays.
     sagemaker.update_cluster(ClusterName=name, InstanceGroups=[compute_group(count=1)], InstanceGroupsToDelete=["big"])
     cluster = wait_status(sagemaker, name, ("InService",))
@@ -314,18 +323,20 @@ def test_cluster_events_tell_what_happened_to_nodes(server, sagemaker):
     name = create(sagemaker, groups=[controller_group(), compute_group(count=1)])
     wait_status(sagemaker, name, ("InService",))
     instance = next(n for n in nodes_of(sagemaker, name) if n["InstanceGroupName"] == "workers")
-    events = sagemaker.list_cluster_events(ClusterName=name, NodeId=instance["InstanceId"])["Events"]
+    events = sagemaker.list_cluster_events(ClusterName=name, NodeId=instance["InstanceId"],
+                                           SortOrder="Ascending")["Events"]
     kinds = [e["Description"].split()[0] for e in events]
     assert kinds[:2] == ["InstanceLaunched", "InstanceRegistered"]
     assert all(e["ResourceType"] == "Instance" and e["InstanceGroupName"] == "workers" for e in events)
     detail = sagemaker.describe_cluster_event(ClusterName=name, EventId=events[0]["EventId"])["EventDetails"]
     assert detail["EventDetails"]["EventMetadata"]["Instance"]["NodeLogicalId"] == instance["NodeLogicalId"]
-    newest = sagemaker.list_cluster_events(ClusterName=name, SortOrder="Descending", MaxResults=1)
-    everything = sagemaker.list_cluster_events(ClusterName=name)["Events"]
+    newest = sagemaker.list_cluster_events(ClusterName=name, MaxResults=1)  # newest first, by default
+    everything = sagemaker.list_cluster_events(ClusterName=name, SortOrder="Ascending")["Events"]
     assert newest["Events"][0]["EventId"] == everything[-1]["EventId"] and "NextToken" in newest
-    page2 = sagemaker.list_cluster_events(ClusterName=name, SortOrder="Descending", MaxResults=1,
-                                          NextToken=newest["NextToken"])
+    page2 = sagemaker.list_cluster_events(ClusterName=name, MaxResults=1, NextToken=newest["NextToken"])
     assert page2["Events"][0]["EventId"] == everything[-2]["EventId"]
+    times = [e["EventTime"] for e in everything]
+    assert times == sorted(times)
     with pytest.raises(ClientError) as unknown:
         sagemaker.describe_cluster_event(ClusterName=name, EventId="00000000-0000-0000-0000-00000000ffff")
     assert error(unknown)[0] == "ResourceNotFound"
@@ -334,9 +345,12 @@ def test_cluster_events_tell_what_happened_to_nodes(server, sagemaker):
 
 
 def slurmd_pid(server: OpenPcs, cluster_arn: str, node: str) -> int:
-    """The PID of a node's slurmd, from its pid file (SlurmdPidFile) in the cluster's run directory."""
+    """The PID of a node's slurmd, from its pid file (SlurmdPidFile) in the cluster's run directory; 0 if none."""
     cluster_id = cluster_arn.rsplit("/", 1)[1]
-    return int((server.data_dir / "clusters" / cluster_id / "run" / f"slurmd-{node}.pid").read_text().strip() or 0)
+    try:
+        return int((server.data_dir / "clusters" / cluster_id / "run" / f"slurmd-{node}.pid").read_text() or 0)
+    except FileNotFoundError:
+        return 0  # between the old slurmd's exit and the new one's start
 
 
 def test_reboot_keeps_the_instance_and_replace_keeps_the_node_logical_id(server, sagemaker):
@@ -353,7 +367,7 @@ def test_reboot_keeps_the_instance_and_replace_keeps_the_node_logical_id(server,
                                                                             "InstanceIdNotFound")]
     wait_status(sagemaker, name, ("InService",))
     deadline = time.monotonic() + 30
-    while slurmd_pid(server, arn, "workers-1") == before or node_states(server, name)["workers-1"] != "IDLE":
+    while slurmd_pid(server, arn, "workers-1") in (before, 0) or node_states(server, name)["workers-1"] != "IDLE":
         assert time.monotonic() < deadline, "workers-1's slurmd was not restarted"
         time.sleep(0.2)
     assert sagemaker.describe_cluster_node(ClusterName=name, NodeId=first)["NodeDetails"]["InstanceStatus"][

@@ -131,7 +131,8 @@ def start_login_node(directory: Path, boot: dict, answer: dict, node: str) -> No
     /run/slurm/conf, where Slurm's commands look for it. It runs in a mount namespace of its own, where /run is a
     fresh tmpfs holding only its /run/slurm (this instance's slurm-conf directory), the cluster's munge socket as
     munge's default one (sackd authenticates before it has a configuration) and the socket directory the fetched
-    configuration names: several login nodes share one host, and the host's /run gains nothing."""
+    configuration names: several login nodes share one host, and the host's /run gains nothing. It is recorded as
+    the instance's slurmd.json, the record of the node's daemon that the provider watches."""
     port = next(e["port"] for e in answer["endpoints"] if e["type"] == "SLURMCTLD")
     cache, keep = directory / "slurm-conf", directory / "run-keep"
     for path in (cache, keep):

@@ -19,6 +19,7 @@ from .control.draining import DEFAULT_DRAIN_TIMEOUT_SECONDS
 from .control.reconciler import Reconciler
 from .control.runtime import Runtime
 from .control.scaling import PROTECTED_MODE_COOLDOWN_SECONDS
+from .domain import hyperpod
 from .layout import DataLayout
 from .pcs.handlers import PcsHandlers, ServiceContext
 from .pcs.views import Views
@@ -112,6 +113,7 @@ def build_api(data_dir: Path, database: str | None, max_clusters: int, scheduler
                              scheduler_versions=tuple(scheduler_versions))
     pcs = Frontend(load_service("pcs"), Dispatcher(store, PcsHandlers(context), after_write=after_write))
     sagemaker = Frontend(load_service("sagemaker"),
-                         Dispatcher(store, SageMakerHandlers(context), after_write=after_write))
+                         Dispatcher(store, SageMakerHandlers(context), after_write=after_write,
+                                    client_error_status=hyperpod.STATUS))
     keys = KeyCache(store)
     return ApiApp([pcs, sagemaker], SigV4Verifier(keys.secret, region=who.region), keys.scope), store

@@ -112,7 +112,8 @@ class DataLayout:
 
     def daemon_records(self) -> list[Path]:
         """Every daemon the data dir's clusters run (openpcs.processes records), in the order to stop them:
-        node agents, slurmd, slurmrestd, slurmctld, slurmdbd, munged, and the MariaDB server."""
+        node agents, slurmd (or a login node's sackd), slurmrestd, slurmctld, slurmdbd, munged, and the MariaDB
+        server."""
         clusters = [*self.data_dir.glob("agents/*.json"), *self.data_dir.glob("instances/*/slurmd.json")]
         for daemon in ("slurmrestd", "slurmctld", "slurmdbd", "munged"):
             clusters += self.data_dir.glob(f"clusters/*/run/{daemon}.json")

@@ -44,8 +44,12 @@ def _request_hash(params: dict[str, Any], token_member: str) -> str:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, handlers: object, after_write: Callable[[], None]) -> None:
+    def __init__(self, store: Store, handlers: object, after_write: Callable[[], None],
+                 client_error_status: int | None = None) -> None:
+        """`client_error_status`: the HTTP status of the service's client errors where it has one for all (SageMaker
+        answers every client error 400); None for the usual status of each error (errors.HTTP_STATUS)."""
         self.store, self.handlers, self.after_write = store, handlers, after_write
+        self.client_error_status = client_error_status
 
     def serves(self, operation_name: str) -> bool:
         """Whether the handlers implement this operation of the model."""
@@ -83,7 +87,7 @@ class Dispatcher:
                 raise ApiError("ConflictException",
                                f"The clientToken {token!r} was already used for a {operation} request with "
                                "different parameters. Use a new clientToken for a different request.",
-                               resourceId=token, resourceType="clientToken")
+                               status=self.client_error_status, resourceId=token, resourceType="clientToken")
             # A service may bring the stored answer up to date (HyperPod's retried BatchAddClusterNodes returns
             # its nodes' latest status).
             replay = getattr(self.handlers, "replay", None)

@@ -95,8 +95,8 @@ def ec2_type(ml_type: str) -> str:
     return ml_type.removeprefix("ml.")
 
 
-def check_cluster(p: dict[str, Any]) -> None:
-    """What openpcs can run of a CreateCluster request, beyond what the model states."""
+def check_orchestration(p: dict[str, Any]) -> None:
+    """The cluster-wide members of a CreateCluster or UpdateCluster request that openpcs cannot run."""
     orchestrator = p.get("Orchestrator") or {}
     if orchestrator.get("Eks") is not None:
         raise validation("Orchestrator.Eks is not supported: openpcs runs HyperPod clusters with the Slurm "
@@ -113,6 +113,11 @@ def check_cluster(p: dict[str, Any]) -> None:
     if (p.get("TieredStorageConfig") or {}).get("Mode") == "Enable":
         raise validation("TieredStorageConfig is not supported by openpcs; leave it out or set its Mode to "
                          "Disable.")
+
+
+def check_cluster(p: dict[str, Any]) -> None:
+    """What openpcs can run of a CreateCluster request, beyond what the model states."""
+    check_orchestration(p)
     groups = p.get("InstanceGroups") or []
     if not groups:
         raise validation("A Slurm cluster needs InstanceGroups: one with SlurmConfig.NodeType Controller, and "
@@ -180,9 +185,23 @@ def node_group_spec(group: dict[str, Any], nodes: dict[str, str], node_recovery:
         "instanceConfigs": [{"instanceType": ec2_type(group["InstanceType"])}],
         "scalingConfiguration": scaling(len(nodes)),
         "purchaseOption": "ONDEMAND",
-        "slurmConfiguration": {"slurmCustomSettings": [], "gresCustomSettings": []},
+        "slurmConfiguration": {"slurmCustomSettings": _threads(group), "gresCustomSettings": []},
         "instanceHealthChecks": health_checks(node_recovery),
     }
+
+
+def threads_per_core(group: dict[str, Any]) -> int:
+    """The group's ThreadsPerCore: as asked, else EC2's default for its type (2 on x86, 1 on Graviton)."""
+    kind = instance_types.lookup(ec2_type(group["InstanceType"]))
+    return group.get("ThreadsPerCore") or (1 if kind is None or kind.architecture == "arm64" else 2)
+
+
+def _threads(group: dict[str, Any]) -> list[dict[str, str]]:
+    """ThreadsPerCore 1 on a type with two threads a core (hyperthreading off) halves the node's CPUs in Slurm."""
+    kind = instance_types.lookup(ec2_type(group["InstanceType"]))
+    if group.get("ThreadsPerCore") != 1 or kind is None or kind.architecture == "arm64" or kind.vcpus < 2:
+        return []
+    return [{"parameterName": "CPUs", "parameterValue": str(kind.vcpus // 2)}]
 
 
 def resize(spec: dict[str, Any], count: int) -> None:

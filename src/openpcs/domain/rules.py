@@ -79,12 +79,13 @@ def check_scheduler(scheduler: dict[str, Any], available: Iterable[str]) -> None
 
 def check_scheduler_update(current: str, requested: str) -> None:
     """PCS moves a cluster's Slurm forward only: to a newer version (or the one it runs, which changes nothing)."""
-    if _release(requested) < _release(current):
+    if release_order(requested) < release_order(current):
         raise field_error("scheduler.version", f"The cluster runs Slurm {current}; it can only be updated to a "
                                                f"newer version, not to {requested}")
 
 
-def _release(version: str) -> tuple[int, ...]:
+def release_order(version: str) -> tuple[int, ...]:
+    """A Slurm version as numbers, to compare: 24.11 < 25.05."""
     return tuple(int(part) for part in re.findall(r"[0-9]+", version))
 
 

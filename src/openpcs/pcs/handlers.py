@@ -63,7 +63,7 @@ class PcsHandlers:
         slurm = p.get("slurmConfiguration") or {}
         rules.check_cluster_slurm_configuration(slurm)
         check_tags(p.get("tags"))
-        clusters = rows.count(conn, ids.CLUSTER)
+        clusters = rows.count_clusters(conn)
         if clusters >= self.ctx.max_clusters:
             raise rules.quota_exceeded(
                 f"This service allows at most {self.ctx.max_clusters} clusters and has {clusters}. Delete one, "

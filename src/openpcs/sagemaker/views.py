@@ -81,8 +81,9 @@ class HyperPodViews:
         if failure and status in ("Failed", "InService", "Updating"):
             out["FailureMessage"] = failure
         controller = cluster.spec["controller"]
-        groups = [{**self._group_details(controller["group"], 1 if status != "Creating" else 0, 1),
-                   "Status": _controller_status(cluster)}]
+        running = 1 if _controller_status(cluster) == "Running" else 0
+        groups = [{**self._group_details(controller["group"], running, 1),
+                   "Status": _GROUP_STATUS.get(cluster.status, "InService")}]
         for group in sorted((c for c in children if c.kind == ids.NODE_GROUP), key=lambda g: g.seq):
             mine = [i for i in instances if i.node_group_id == group.id]
             running = sum(1 for i in mine if i.status == "registered")
@@ -99,7 +100,7 @@ class HyperPodViews:
                                                    "SlurmConfig")}
         details.update(CurrentCount=current, TargetCount=target, MinCount=group.get("MinInstanceCount") or 0,
                        InstanceTypeDetails=[{"InstanceType": group["InstanceType"], "CurrentCount": current,
-                                             "ThreadsPerCore": group.get("ThreadsPerCore") or 2}])
+                                             "ThreadsPerCore": hyperpod.threads_per_core(group)}])
         return details
 
     # -- nodes --------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ _BY_ID = select(resources).where(resources.c.id == bindparam("id"))
 _CHILDREN = select(resources).where(resources.c.cluster_id == bindparam("cluster_id")).order_by(resources.c.seq)
 _CHILDREN_OF_KIND = select(resources).where(_IN_SCOPE).order_by(resources.c.seq)
 _CLUSTERS = select(resources).where(resources.c.kind == ids.CLUSTER).order_by(resources.c.seq)
+_COUNT_CLUSTERS = select(func.count()).select_from(resources).where(resources.c.kind == ids.CLUSTER)
 _COUNT = select(func.count()).select_from(resources).where(_IN_SCOPE)
 _PAGE = (select(resources).where(_IN_SCOPE, resources.c.seq > bindparam("after"))
          .order_by(resources.c.seq).limit(bindparam("limit")))
@@ -97,6 +98,11 @@ def page(conn: Connection, kind: str, cluster_id: str, after: int, limit: int) -
 def clusters(conn: Connection) -> list[Resource]:
     """Every cluster, PCS's and HyperPod's (whose names are unique in a scope of their own, ids.SAGEMAKER_SCOPE)."""
     return [Resource.from_row(row) for row in conn.execute(_CLUSTERS)]
+
+
+def count_clusters(conn: Connection) -> int:
+    """How many clusters there are, PCS's and HyperPod's: they share the host, and its quota."""
+    return conn.execute(_COUNT_CLUSTERS).scalar_one()
 
 
 def in_transition(conn: Connection) -> list[Resource]:
