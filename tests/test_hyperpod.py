@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -562,3 +566,40 @@ def test_login_nodes_are_slurm_clients_that_fetch_the_configuration_and_submit_j
         assert refused.returncode != 0 and words in refused.stderr, refused.stderr
     sagemaker.delete_cluster(ClusterName=name)
     wait_gone(sagemaker, name)
+
+
+@pytest.fixture
+def https_scripts(tmp_path):
+    """A local HTTPS server of a directory, with a certificate the openpcs server is told to trust
+    (SSL_CERT_FILE): (its base URL, the directory, the certificate file)."""
+    root, cert, key = tmp_path / "www", tmp_path / "cert.pem", tmp_path / "key.pem"
+    root.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{httpd.server_address[1]}", root, cert
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)
+
+
+def test_on_create_scripts_come_from_https(tmp_path, https_scripts):
+    url, root, cert = https_scripts
+    marker = tmp_path / "created.txt"
+    (root / "lifecycle").mkdir()
+    (root / "lifecycle" / "on_create.sh").write_text(f'echo "created $OPENPCS_NODE_NAME" >> {marker}\n')
+    server = OpenPcs(tmp_path / "data", None, env={"SSL_CERT_FILE": str(cert)}).start()
+    sagemaker = server.client("sagemaker")
+    name = create(sagemaker, groups=[controller_group(), compute_group(count=1, **lifecycle(f"{url}/lifecycle"))])
+    wait_status(sagemaker, name, ("InService",))
+    assert marker.read_text() == "created workers-1\n"
+    sagemaker.delete_cluster(ClusterName=name)
+    wait_gone(sagemaker, name)
+    server.close()
