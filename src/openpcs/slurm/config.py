@@ -116,11 +116,6 @@ def node_names(group: NodeGroupSpec) -> list[str]:
     return [f"{group.name}-{n}" for n in numbers]
 
 
-def node_index(node_name: str) -> int:
-    """n of a node named <group>-<n>."""
-    return int(node_name.rsplit("-", 1)[1])
-
-
 def static_node_names(group: NodeGroupSpec) -> list[str]:
     if group.listed is not None:
         return node_names(group)
