@@ -177,7 +177,9 @@ def server(tmp_path_factory) -> Iterator[OpenPcs]:
 def _close_what_the_test_started() -> Iterator[None]:
     before = len(OpenPcs.created)
     yield
-    for server in OpenPcs.created[before:]:
+    # Newest first: a server started again on a killed one's data dir must stop before the killed one's close
+    # stops that dir's daemons, or its health pass starts them again meanwhile (a munged was left running so).
+    for server in reversed(OpenPcs.created[before:]):
         server.close()
     del OpenPcs.created[before:]
 
