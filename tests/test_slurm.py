@@ -559,3 +559,30 @@ def test_a_slurmctld_that_stops_answering_is_restarted_and_the_update_goes_throu
     assert "SuspendTime             = 900 sec" in openpcs_exec(server, cluster["name"], "scontrol", "show",
                                                                 "config").stdout
     assert "has not answered for 30 s; restarting it" in server.log()
+
+
+@pytest.mark.parametrize("size, jobs", [("SMALL", 256), ("LARGE", 16384)])
+def test_a_clusters_size_is_the_number_of_jobs_its_slurm_takes(server, size, jobs):
+    """PCS's sizes track 256 (SMALL), 8,192 (MEDIUM) and 16,384 (LARGE) jobs, each array task counting: an array of
+    that many tasks is taken, one index more is refused, and so is any job beyond it, in Slurm's own words."""
+    pcs = server.client()
+    cluster = create_cluster(pcs, size=size)
+    queue = create_queue(pcs, cluster["id"], [])  # no nodes: the jobs pend, held
+    config = openpcs_exec(server, cluster["name"], "scontrol", "show", "config").stdout
+    assert re.search(rf"^MaxArraySize\s+= {jobs}$", config, re.M)
+    submit = ("sbatch", "--parsable", "--hold", "-p", queue["name"], "--wrap", "true")
+    refused = openpcs_exec(server, cluster["name"], *submit, f"--array=0-{jobs}", check=False)
+    assert refused.returncode != 0 and "Invalid job array specification" in refused.stderr
+    array = openpcs_exec(server, cluster["name"], *submit, f"--array=0-{jobs - 1}").stdout.strip()
+    tasks = openpcs_exec(server, cluster["name"], "squeue", "-h", "-r", "-j", array, "-o", "%i").stdout.split()
+    assert len(tasks) == jobs and f"{array}_{jobs - 1}" in tasks
+    # One job more: slurmctld answers EAGAIN, and sbatch says so before it sleeps and tries again; it is stopped then.
+    more = subprocess.Popen([sys.executable, "-m", "openpcs", "exec", "--data-dir", str(server.data_dir),
+                             cluster["name"], "--", *submit], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Slurm temporarily unable to accept job" in more.stderr.readline()
+    finally:
+        more.kill()
+        more.wait()
+    queued = openpcs_exec(server, cluster["name"], "squeue", "-h", "-o", "%i").stdout.split()
+    assert queued == [f"{array}_[0-{jobs - 1}]"]

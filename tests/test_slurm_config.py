@@ -52,7 +52,7 @@ def group(name: str, static: int, most: int, cpus: int = 4, memory: int = 15360,
 
 def cluster(node_groups=(), queues=(), custom=(), cgroup=(), idle=600) -> ClusterSpec:
     return ClusterSpec("pcs_abc1234567", 16817, idle, tuple(custom), tuple(cgroup), tuple(node_groups),
-                       tuple(queues), PATHS)
+                       tuple(queues), PATHS, jobs_tracked=256)
 
 
 CASES = {

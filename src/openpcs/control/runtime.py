@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from ..domain import ids, node_numbers
+from ..domain import ids, node_numbers, rules
 from ..files import write_private
 from ..layout import DataLayout
 from ..objects import ObjectReader
@@ -321,6 +321,7 @@ class Runtime:
             cluster_name=cluster.id, controller_port=ports.daemon("slurmctld"),
             login_port=ports.daemon("sackd") if configless else None,
             scale_down_idle_seconds=slurm["scaleDownIdleTimeInSeconds"],
+            jobs_tracked=rules.SIZE_JOB_LIMITS[cluster.spec["size"]],
             custom_settings=_settings(slurm.get("slurmCustomSettings")),
             cgroup_settings=_settings(slurm.get("cgroupCustomSettings")),
             node_groups=tuple(_node_group_spec(g, *layouts[g.id], {n: node_ports[n] for n in names[g.id]})

@@ -15,6 +15,8 @@ from . import instance_types
 
 # Instances a cluster of each size manages: the sum of maxInstanceCount over its node groups.
 SIZE_INSTANCE_LIMITS = {"SMALL": 32, "MEDIUM": 512, "LARGE": 2048}
+# Jobs (active and queued; each task of an array counts) a cluster of each size tracks.
+SIZE_JOB_LIMITS = {"SMALL": 256, "MEDIUM": 8192, "LARGE": 16384}
 NODE_GROUPS_PER_CLUSTER = 10
 QUEUES_PER_CLUSTER = 10
 DEFAULT_SCALE_DOWN_IDLE_SECONDS = 600

@@ -102,6 +102,7 @@ class ClusterSpec:
     node_groups: tuple[NodeGroupSpec, ...]
     queues: tuple[QueueSpec, ...]
     paths: SlurmPaths
+    jobs_tracked: int              # the jobs the cluster's size tracks (PCS: "active and queued"), array tasks each
     resume_timeout_seconds: int = DEFAULT_RESUME_TIMEOUT    # ResumeTimeout
     suspend_timeout_seconds: int = DEFAULT_SUSPEND_TIMEOUT  # SuspendTimeout
     accounting_port: int | None = None   # the cluster's slurmdbd on 127.0.0.1 (accounting STANDARD); None: off
@@ -343,6 +344,11 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             # With accounting, each step's CPU and memory use is sampled for sacct and sstat.
             ("JobAcctGatherType", "jobacct_gather/linux" if spec.accounting_port else "jobacct_gather/none"),
             ("MpiDefault", "none"),
+            # The jobs the cluster's size tracks. slurmctld refuses a submission that would bring its job records
+            # to MaxJobCount (job_mgr.c: job_count + tasks >= MaxJobCount), so it is one more than the figure; an
+            # array's highest index is MaxArraySize - 1, so a LARGE cluster takes --array=0-16383.
+            ("MaxJobCount", str(spec.jobs_tracked + 1)),
+            ("MaxArraySize", str(spec.jobs_tracked)),
             ("SchedulerType", "sched/backfill"),
             # slurmctld schedules a submitted batch job at its next 1-second tick, not after up to 3 s (the default
             # batch_sched_delay): a job sent to powered-down nodes is that much sooner running.
