@@ -121,6 +121,27 @@ def test_a_node_an_administrator_drained_is_left_alone(server):
     assert "Repair" not in [e["type"] for e in events(server, cluster["name"])]
 
 
+@pytest.mark.parametrize("action", [None, "NONE"])
+def test_a_node_slurm_drained_because_a_task_could_not_be_killed_is_repaired(server, action):
+    """Slurm drains a node whose job's tasks outlived UnkillableStepTimeout ("Kill task failed"; seen at 2,048 nodes
+    on one host). It then takes no jobs: openpcs replaces it as it would a node failing its health checks, or, with
+    repairAction NONE, records the verdict. (The drain is made with Slurm's own reason here: an unkillable task
+    cannot be made on demand.)"""
+    cluster, group, _ = group_with_checks(server, action)
+    node = f"{group['name']}-1"
+    old = instance_of(server, node)
+    openpcs_exec(server, cluster["name"], "scontrol", "update", f"nodename={node}", "state=drain",
+                 "reason=Kill task failed")
+    verdict = wait_until(lambda: next((e for e in events(server, cluster["name"]) if e["type"] == "HealthVerdict"),
+                                      None), "a health verdict")
+    assert verdict["node"] == node and "Slurm drained it (Kill task failed" in verdict["reason"]
+    if action == "NONE":
+        assert instance_of(server, node) == old
+        assert "DRAIN" in node_states(server, cluster["name"])[node]
+    else:
+        replaced(server, cluster, node, old)
+
+
 def test_a_node_an_administrator_set_down_is_repaired_as_broken(server):
     cluster, group, _ = group_with_checks(server, None)
     node = f"{group['name']}-1"

@@ -586,3 +586,39 @@ def test_a_clusters_size_is_the_number_of_jobs_its_slurm_takes(server, size, job
         more.wait()
     queued = openpcs_exec(server, cluster["name"], "squeue", "-h", "-o", "%i").stdout.split()
     assert queued == [f"{array}_[0-{jobs - 1}]"]
+
+
+def test_a_busy_slurmctld_holds_a_delete_back_until_it_answers(server, tmp_path):
+    """A slurmctld that runs but answers nothing for longer than a command's patience (30 s), as one busy with
+    thousands of nodes may, is waited for: DeleteComputeNodeGroup stays DELETING meanwhile rather than failing or
+    going around Slurm, then drains the node, lets its running job finish, and deletes the group."""
+    pcs = server.client()
+    cluster = create_cluster(pcs, unique())
+    leaving = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
+    staying = create_node_group(pcs, cluster["id"], min_count=1, max_count=1)
+    queue = create_queue(pcs, cluster["id"], [leaving["id"], staying["id"]])
+    out = tmp_path / "job.txt"
+    job = openpcs_exec(server, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-w",
+                       f"{leaving['name']}-1", "-o", str(out), "--wrap", "sleep 45; echo finished").stdout.strip()
+    wait_job_running(server, cluster["name"], job)
+    pcs.update_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"],
+                     computeNodeGroupConfigurations=[{"computeNodeGroupId": staying["id"]}])
+    wait_for(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]), "queue",
+             ("ACTIVE",))
+    record = server.data_dir / "clusters" / cluster["id"] / "run" / "slurmctld.json"
+    busy = _record_pid(record)
+    os.kill(busy, signal.SIGSTOP)
+    try:
+        pcs.delete_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=leaving["id"])
+        seen = set()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            seen.add(group_of(pcs, cluster, leaving)["status"])
+            time.sleep(1)
+    finally:
+        os.kill(busy, signal.SIGCONT)
+    assert seen == {"DELETING"}
+    wait_gone(lambda: group_of(pcs, cluster, leaving), pcs.exceptions.ResourceNotFoundException, timeout=90)
+    assert out.read_text().strip() == "finished"
+    assert "waits for its cluster's busy slurmctld" in server.log()
+    assert _record_pid(record) == busy  # waited for, not restarted

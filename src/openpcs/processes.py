@@ -106,20 +106,32 @@ def recorded_argv(record: Path) -> list[str] | None:
 def stop(record: Path, timeout: float = 10.0) -> None:
     """Stop the recorded daemon and everything in its session: SIGTERM, then SIGKILL after `timeout`; then
     whatever still works in a directory it owns."""
-    try:
-        workdir = orjson.loads(record.read_bytes()).get("ownedWorkdir")
-    except FileNotFoundError:
-        return
-    daemon = adopt(record)
-    if daemon is not None:
-        terminate(daemon, timeout)
-    if workdir:
-        kill_working_in(Path(workdir))
-    record.unlink(missing_ok=True)
+    stop_all([record], timeout)
 
 
-def kill_working_in(directory: Path) -> None:
-    """SIGKILL every process whose working directory is `directory`, with all its descendants."""
+def stop_all(records: Sequence[Path], timeout: float = 10.0) -> None:
+    """stop() for many daemons at once: each is signalled before any is waited for, and /proc is read once for what
+    still works in their directories, so stopping 2,048 nodes takes about as long as stopping one."""
+    daemons, workdirs = [], set()
+    for record in records:
+        try:
+            workdir = orjson.loads(record.read_bytes()).get("ownedWorkdir")
+        except FileNotFoundError:
+            continue
+        daemon = adopt(record)
+        if daemon is not None:
+            daemons.append(daemon)
+        if workdir:
+            workdirs.add(workdir)
+    terminate_all(daemons, timeout)
+    if workdirs:
+        kill_working_in(workdirs)
+    for record in records:
+        record.unlink(missing_ok=True)
+
+
+def kill_working_in(directories: set[str]) -> None:
+    """SIGKILL every process whose working directory is one of `directories`, with all its descendants."""
     parents: dict[int, list[int]] = {}
     roots = []
     for entry in Path("/proc").iterdir():
@@ -129,7 +141,7 @@ def kill_working_in(directory: Path) -> None:
         if fields is None:
             continue
         try:
-            if os.readlink(entry / "cwd") == str(directory):
+            if os.readlink(entry / "cwd") in directories:
                 roots.append(pid)
         except OSError:
             pass  # gone, or a zombie: it still counts as a child below
@@ -154,19 +166,28 @@ TERM_REPEAT_SECONDS = 0.5
 
 
 def terminate(daemon: Daemon, timeout: float = 10.0) -> None:
-    """SIGTERM to the daemon's session, repeated until it exits; SIGKILL after `timeout`. A stopped (SIGSTOP)
-    daemon is continued, so that it can act on the SIGTERM."""
+    terminate_all([daemon], timeout)
+
+
+def terminate_all(daemons: Sequence[Daemon], timeout: float = 10.0) -> None:
+    """SIGTERM to each daemon's session, repeated until it exits; SIGKILL to those still there after `timeout`. A
+    stopped (SIGSTOP) daemon is continued, so that it can act on the SIGTERM."""
     deadline = time.monotonic() + timeout
-    while daemon.alive() and time.monotonic() < deadline and _signal(daemon, signal.SIGTERM):
-        _signal(daemon, signal.SIGCONT)
-        _wait_gone(daemon, min(deadline, time.monotonic() + TERM_REPEAT_SECONDS))
-    if daemon.alive() and _signal(daemon, signal.SIGKILL):
-        _wait_gone(daemon, time.monotonic() + 5.0)
+    living = [d for d in daemons if d.alive()]
+    while living and time.monotonic() < deadline:
+        living = [d for d in living if _signal(d, signal.SIGTERM) and _signal(d, signal.SIGCONT)]
+        living = _wait_gone(living, min(deadline, time.monotonic() + TERM_REPEAT_SECONDS))
+    killed = [d for d in living if d.alive() and _signal(d, signal.SIGKILL)]
+    _wait_gone(killed, time.monotonic() + 5.0)
     _reap()
 
 
-def _wait_gone(daemon: Daemon, until: float) -> None:
-    while daemon.alive() and time.monotonic() < until:
+def _wait_gone(daemons: list[Daemon], until: float) -> list[Daemon]:
+    """Wait until the daemons have exited or `until`; those still alive."""
+    while True:
+        daemons = [d for d in daemons if d.alive()]
+        if not daemons or time.monotonic() >= until:
+            return daemons
         _reap()
         time.sleep(0.02)
 

@@ -6,7 +6,8 @@ responding), then acts by the group's healthMonitoring.repairAction:
 
 - REPLACE drains the node, lets its jobs finish, then gives it a new instance under the same node name;
 - AUTO repairs at once a node that can no longer run jobs (its instance gone, its slurmd not answering,
-  Slurm has it DOWN), and replaces the rest as REPLACE does;
+  Slurm has it DOWN), and replaces the rest (failing its health checks, drained by Slurm because a job could not
+  be killed or its prolog failed) as REPLACE does;
 - ISOLATE drains the node and keeps its instance for inspection;
 - NONE only records the verdict.
 
@@ -43,6 +44,12 @@ log = logging.getLogger("openpcs.health")
 REPLACING = "openpcs: replacing"
 REPLACED = "openpcs: replaced"
 ISOLATED = "openpcs: isolated"
+# Reasons Slurm itself gives a node it drains because the node failed a job (slurmctld's node_mgr.c, proc_req.c,
+# agent.c and job_mgr.c, and slurm_strerror's words for a step that could not be killed). Such a node takes no more
+# jobs until someone acts: it is repaired like one failing its health checks. Any other reason is an
+# administrator's, and that node is left alone.
+SLURM_DRAIN_REASONS = ("Kill task failed", "batch job complete failure", "Prolog error", "Epilog error",
+                       "Job env setup error", "Prolog/Epilog failure", "Duplicate jobid")
 # A node whose new instance just registered may still be flagged not responding from its previous instance.
 SETTLE_SECONDS = 5.0
 _POWER_FLAGS = {"POWERING_UP", "POWERING_DOWN", "POWERED_DOWN", "POWER_DOWN"}
@@ -83,7 +90,7 @@ class Health:
             flags = node_flags(state)
             if not state or _POWER_FLAGS & flags or reason.startswith(ISOLATED):
                 continue
-            if "DRAIN" in flags and not reason.startswith("openpcs"):
+            if "DRAIN" in flags and not reason.startswith(("openpcs", *SLURM_DRAIN_REASONS)):
                 continue  # an administrator drained it: its jobs finish, it stays for inspection
             if reason.startswith(REPLACING):
                 if not node_is_busy(state):
@@ -161,6 +168,8 @@ def _verdict(instance: instance_rows.Instance, status, flags: set[str], reason: 
                                  + (f" ({reason})" if reason else ""), False)
     if "NOT_RESPONDING" in flags:
         return Verdict(instance, "its slurmd does not respond to slurmctld", False)
+    if "DRAIN" in flags and reason.startswith(SLURM_DRAIN_REASONS):
+        return Verdict(instance, f"Slurm drained it ({reason})", True)
     return None
 
 

@@ -30,11 +30,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("openpcs.runtime")
 
-# How long a node group may wait for its nodes before it fails with what Slurm says of them.
+# How long a node group may wait for its nodes before it fails with what Slurm says of them: two minutes, and more
+# for each node, since nodes on one host start one after another (PER_NODE is several times what each took at 2,048).
 NODES_TIMEOUT_SECONDS = 120.0
-# How often to ask Slurm for the state of nodes coming up: each ask is an RPC that slurmctld answers
-# between the nodes' registrations.
+NODES_TIMEOUT_PER_NODE_SECONDS = 0.1
+# How often to ask Slurm for the state of nodes coming up: each ask is an RPC that slurmctld answers between the
+# nodes' registrations, and its answer grows with the node count, so many nodes are asked after less often.
 NODES_POLL_SECONDS = 0.2
+NODES_POLL_PER_NODE_SECONDS = 0.001
+
+
+def nodes_timeout(count: int) -> float:
+    return NODES_TIMEOUT_SECONDS + NODES_TIMEOUT_PER_NODE_SECONDS * count
+
+
+def nodes_poll(count: int) -> float:
+    return max(NODES_POLL_SECONDS, NODES_POLL_PER_NODE_SECONDS * count)
 
 
 class NodeGroups:
@@ -205,7 +216,7 @@ class NodeGroups:
         of its own, and a power-down still pending when the group is ACTIVE could stop a node raised again."""
         hostlist = compress_hostlist(names)
         self.runtime.controller(cluster).scontrol("update", f"nodename={hostlist}", "state=power_down_force")
-        deadline = time.monotonic() + NODES_TIMEOUT_SECONDS
+        deadline = time.monotonic() + nodes_timeout(len(names))
         while True:
             states = self.runtime.node_states(cluster)
             pending = [n for n in names if not POWER_DOWN_BEGUN & _flags(states, n)]
@@ -213,8 +224,8 @@ class NodeGroups:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeFailure("NodesNotPoweredDown", f"Slurm did not power down {hostlist} within "
-                                                            f"{NODES_TIMEOUT_SECONDS:.0f} s")
-            time.sleep(NODES_POLL_SECONDS)
+                                                            f"{nodes_timeout(len(names)):.0f} s")
+            time.sleep(nodes_poll(len(names)))
 
     def _power_up(self, cluster: Resource, names: list[str]) -> list[str]:
         """Of static nodes about to launch, those Slurm has powered down (or is powering down: minInstanceCount
@@ -250,11 +261,11 @@ class NodeGroups:
             self._waiting_since.pop(group.id, None)
             return
         since = self._waiting_since.setdefault(group.id, time.monotonic())
-        if time.monotonic() - since < NODES_TIMEOUT_SECONDS:
-            raise RuntimePending(retry_after=NODES_POLL_SECONDS)
+        if time.monotonic() - since < nodes_timeout(len(names)):
+            raise RuntimePending(retry_after=nodes_poll(len(names)))
         self._waiting_since.pop(group.id, None)
         raise RuntimeFailure("NodesNotReady", f"{len(down)} of {len(names)} nodes did not come up within "
-                                              f"{NODES_TIMEOUT_SECONDS:.0f} s: " + "; ".join(
+                                              f"{nodes_timeout(len(names)):.0f} s: " + "; ".join(
                                                   f"{n} is {states.get(n, ('UNKNOWN', ''))[0]}"
                                                   + (f" ({states[n][1]})" if states.get(n, ('', ''))[1] else "")
                                                   for n in down[:5]))
@@ -269,7 +280,7 @@ class NodeGroups:
         controller = self.runtime.controller(cluster, stopping=True)
         names = [i.node_name for i in instances]
         hostlist = compress_hostlist(names)
-        if controller.running():
+        if controller.alive():  # a busy one is waited for (ControllerBusy): its nodes' jobs must not be cut short
             if not self.drains.started(group.id):
                 known = self.runtime.node_states(cluster)
                 defined = [n for n in names if n in known]  # a node Slurm does not know has no job to drain

@@ -27,7 +27,7 @@ from ..providers.base import ProviderError
 from ..store import resources as rows
 from ..store.db import IDEMPOTENCY_WINDOW_SECONDS, Store, idempotency
 from ..store.resources import Resource
-from .failures import RuntimeFailure, RuntimePending
+from .failures import ControllerBusy, RuntimeFailure, RuntimePending
 from .runtime import Runtime
 
 log = logging.getLogger("openpcs.reconciler")
@@ -41,6 +41,8 @@ HEAL_INTERVAL_SECONDS = 3.0
 # A daemon that will not start can hold the loop for seconds (slurmctld tries its port for 10 s): after each
 # failure the resource waits longer before the next try, up to the last of these.
 HEAL_BACKOFF_SECONDS = (30.0, 60.0, 120.0, 300.0)
+# A change that waits for a slurmctld that runs but does not answer (busy) fails only after this long.
+CONTROLLER_BUSY_BOUND_SECONDS = 600.0
 
 
 class Reconciler:
@@ -50,6 +52,7 @@ class Reconciler:
         self._last_heal = 0.0
         self._heal_failures: dict[str, tuple[int, float]] = {}  # resource id -> (failures in a row, next try)
         self._retry_after: float | None = None  # the soonest a pending change asked to be looked at
+        self._busy_since: dict[str, float] = {}  # resource id -> since when its change waits for a busy slurmctld
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
@@ -133,7 +136,19 @@ class Reconciler:
                 state = getattr(self.runtime, f"converge_{_kind(resource)}")(*_args(cluster, resource))
                 done = self._record(resource, "ACTIVE", state)
                 outcome = "ACTIVE"
+        except ControllerBusy as busy:
+            since = self._busy_since.setdefault(resource.id, started)
+            if started - since < CONTROLLER_BUSY_BOUND_SECONDS:
+                log.warning("%s %s waits for its cluster's busy slurmctld (%s)", resource.kind, resource.id,
+                            busy.message)
+                self._retry_after = min(self._retry_after or busy.retry_after, busy.retry_after)
+                return False
+            error = {"code": "SlurmControllerUnreachable", "message": f"slurmctld did not answer for "
+                     f"{CONTROLLER_BUSY_BOUND_SECONDS:.0f} s; last: {busy.message}"}
+            done = self._record(resource, FAILED[resource.status], {**resource.state, "errorInfo": [error]})
+            outcome = FAILED[resource.status]
         except RuntimePending as pending:
+            self._busy_since.pop(resource.id, None)
             self._retry_after = min(self._retry_after or pending.retry_after, pending.retry_after)
             return False
         except (RuntimeFailure, ProviderError) as failure:
@@ -146,6 +161,7 @@ class Reconciler:
                                                           "See the server log."}
             done = self._record(resource, FAILED[resource.status], {**resource.state, "errorInfo": [error]})
             outcome = FAILED[resource.status]
+        self._busy_since.pop(resource.id, None)
         log.info("%s %s %s -> %s in %.3fs%s", resource.kind, resource.id, resource.status, outcome,
                  time.monotonic() - started, "" if done else " (superseded by a newer request)")
         return True

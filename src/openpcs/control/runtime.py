@@ -205,7 +205,7 @@ class Runtime:
         """Drain the partition (rendered State=DRAIN while the queue is DELETING), wait for its jobs, drop it."""
         self.sync_config(cluster)
         controller = self.controller(cluster)
-        if controller.running() and self.drains.busy(
+        if controller.alive() and self.drains.busy(
                 queue.id, f"queue {queue.name} ({queue.id})",
                 lambda: controller.run("squeue", "--noheader", f"--partition={queue.name}", "--format=%i").split(),
                 lambda _jobs: controller.run("scancel", f"--partition={queue.name}")):

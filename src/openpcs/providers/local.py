@@ -130,14 +130,12 @@ class LocalProvider:
         return answer
 
     def stop(self, instance_ids: Sequence[str]) -> None:
-        for instance_id in instance_ids:
-            processes.stop(self.layout.instance_dir(instance_id) / "slurmd.json")
+        processes.stop_all([self.layout.instance_dir(i) / "slurmd.json" for i in instance_ids])
 
     def terminate(self, instance_ids: Sequence[str]) -> None:
-        for instance_id in instance_ids:
-            directory = self.layout.instance_dir(instance_id)
-            self._continue(directory)  # a stopped process would not see SIGTERM
-            processes.stop(directory / "slurmd.json")
+        directories = [self.layout.instance_dir(i) for i in instance_ids]
+        processes.stop_all([directory / "slurmd.json" for directory in directories])  # stopped ones are continued
+        for instance_id, directory in zip(instance_ids, directories, strict=True):
             shutil.rmtree(directory, ignore_errors=True)
             self._launched.pop(instance_id, None)
 

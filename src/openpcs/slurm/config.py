@@ -202,7 +202,7 @@ def expand_hostlist(expression: str) -> list[str]:
     gpu-1. Handles one bracketed range per name, which is all compress_hostlist (and slurmctld, for names
     like ours) writes."""
     names: list[str] = []
-    for part in _HOSTLIST_PART.findall(expression):
+    for part in filter(None, _HOSTLIST_PART.findall(expression)):
         prefix, ranges, suffix = _BRACKETS.match(part).groups()  # type: ignore[union-attr]
         if ranges is None:
             names.append(part)
@@ -214,7 +214,7 @@ def expand_hostlist(expression: str) -> list[str]:
     return names
 
 
-_HOSTLIST_PART = re.compile(r"[^,\[]+(?:\[[^\]]*\][^,]*)?")
+_HOSTLIST_PART = re.compile(r"[^,\[]*(?:\[[^\]]*\][^,]*)?")
 _BRACKETS = re.compile(r"^([^\[]*)(?:\[([^\]]*)\](.*))?$")
 
 
@@ -274,6 +274,27 @@ def _check_setting(name: str, value: str) -> None:
         raise ValueError(f"not a Slurm parameter name: {name!r}")
     if any(ord(char) < 32 or char in '"\x7f' for char in value):
         raise ValueError(f"{name}: a value must be one line of text without double quotes")
+
+
+def _node_runs(group: NodeGroupSpec) -> list[tuple[str, str, bool]]:
+    """The group's nodes as (NodeName, Port, CLOUD) lines: a run of nodes whose numbers and ports both follow on
+    is one line, "g-[1-512]" with "[20001-20512]" (Slurm pairs the two lists in order)."""
+    static = set(static_node_names(group))
+    runs: list[list[tuple[int, int]]] = []
+    cloud_of_run: list[bool] = []
+    for name in node_names(group):
+        if name not in group.ports:
+            raise ValueError(f"no slurmd port for node {name}")
+        number, port, cloud = int(name.rsplit("-", 1)[1]), group.ports[name], name not in static
+        last = runs[-1][-1] if runs else None
+        if last and cloud_of_run[-1] == cloud and number == last[0] + 1 and port == last[1] + 1:
+            runs[-1].append((number, port))
+        else:
+            runs.append([(number, port)])
+            cloud_of_run.append(cloud)
+    return [(f"{group.name}-{run[0][0]}", str(run[0][1]), cloud) if len(run) == 1 else
+            (f"{group.name}-[{run[0][0]}-{run[-1][0]}]", f"[{run[0][1]}-{run[-1][1]}]", cloud)
+            for run, cloud in zip(runs, cloud_of_run, strict=True)]
 
 
 def _format_value(value: str) -> str:
@@ -373,8 +394,9 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             # looks for idle nodes every second rather than every 10 s.
             ("SlurmctldParameters", "idle_on_node_suspend,power_save_interval=1"
                                     + (",enable_configless" if spec.login_port else "")),
-            # Without it a batch job on powered-up nodes waits for slurmctld's 30-second periodic check.
-            ("PrologSlurmctld", paths.prolog_slurmctld),
+            # Without it a batch job on powered-up nodes waits for slurmctld's 30-second periodic check. Only with
+            # CLOUD nodes: it runs for every job, and asks slurmctld for the nodes' states each time.
+            *([("PrologSlurmctld", paths.prolog_slurmctld)] if _has_cloud_nodes(spec) else []),
         ]),
         *([("Accounting: the cluster's slurmdbd, reached through the cluster's munged", [
             ("AccountingStorageType", "accounting_storage/slurmdbd"),
@@ -388,6 +410,10 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             ("AuthAltParameters", _with_jwt_key(spec.jwt_key, spec.custom_settings)),
         ])] if spec.jwt_key else []),
     ]
+
+
+def _has_cloud_nodes(spec: ClusterSpec) -> bool:
+    return any(len(static_node_names(group)) < len(node_names(group)) for group in spec.node_groups)
 
 
 def _with_jwt_key(key: str, custom_settings: Sequence[tuple[str, str]]) -> str:
@@ -432,15 +458,14 @@ def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dic
         out.append("\n# The cluster's slurmCustomSettings\n")
         out.extend(f"{name}={_format_value(value)}\n" for name, value in custom.values())
 
-    out.append("\n# Compute nodes, <node group>-<n>: the first minInstanceCount are static, the others CLOUD\n")
+    out.append("\n# Compute nodes, <node group>-<n>: the first minInstanceCount are static, the others CLOUD. Nodes\n"
+               "# of consecutive numbers and ports share a line: each slurmd and each Slurm command parses the\n"
+               "# whole file.\n")
     for group in spec.node_groups:
-        static = set(static_node_names(group))
-        for name in node_names(group):
-            if name not in group.ports:
-                raise ValueError(f"no slurmd port for node {name}")
-            line: Settings = [("NodeName", name), ("NodeHostname", "localhost"), ("NodeAddr", "127.0.0.1"),
-                              ("Port", str(group.ports[name])), *node_settings[group.name]]
-            if name not in static:
+        for names, ports, cloud in _node_runs(group):
+            line: Settings = [("NodeName", names), ("NodeHostname", "localhost"), ("NodeAddr", "127.0.0.1"),
+                              ("Port", ports), *node_settings[group.name]]
+            if cloud:
                 line.append(("State", "CLOUD"))
             out.append(_line(line))
 
@@ -595,7 +620,10 @@ def _parse_slurm_conf(text: str) -> tuple[dict[str, str], dict[str, dict[str, st
             continue
         fields = {_key(name): value for name, value in _FIELD.findall(line)}
         if "nodename" in fields:
-            nodes[fields.pop("nodename")] = fields
+            names = expand_hostlist(fields.pop("nodename"))
+            ports = expand_hostlist(fields["port"]) if fields.get("port", "").startswith("[") else None
+            for index, name in enumerate(names):
+                nodes[name] = {**fields, "port": ports[index]} if ports else dict(fields)
         elif "partitionname" not in fields:
             parameters.update(fields)
     return parameters, nodes

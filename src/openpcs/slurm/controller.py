@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 
 from .. import processes
-from ..control.failures import RuntimeFailure, RuntimePending
+from ..control.failures import ControllerBusy, RuntimeFailure, RuntimePending
 from ..files import write_private
 from ..layout import DataLayout
 from ..readiness import wait_ready
@@ -39,6 +39,10 @@ STOP_TIMEOUT_SECONDS = 15.0
 CONTROLLER_PATIENCE_SECONDS = 30.0
 # A reconfigure answers within a second; one that has not after this long is stuck (see reconfigure).
 RECONFIGURE_PATIENCE_SECONDS = 15.0
+# Every slurmd, slurmstepd and Slurm command of the cluster has its credentials made and checked by the cluster's one
+# munged. With munge's default of 2 threads, a job starting on 2,048 nodes backed it up until it warned "restart with
+# --num-threads=10" and task launches timed out.
+MUNGED_THREADS = 16
 _UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connection refused",
                 "Zero Bytes were transmitted or received", "Slurm backup controller in standby mode")
 
@@ -184,11 +188,9 @@ class SlurmController:
         slurmctld instead, which applies the same files (its state is saved first; jobs carry on)."""
         try:
             self.run("scontrol", "reconfigure", patience=RECONFIGURE_PATIENCE_SECONDS)
-        except RuntimeFailure as failure:
-            if failure.code != "SlurmControllerUnreachable":
-                raise
+        except ControllerBusy as busy:
             log.warning("cluster %s: slurmctld did not finish its reconfigure; restarting it (%s)", self.cluster_id,
-                        failure.message)
+                        busy.message)
             self.restart_slurmctld()
             return
         self._mark_applied()
@@ -209,7 +211,11 @@ class SlurmController:
         return all(processes.adopt(self.run_dir / record) is not None for record in ("munged.json", "slurmctld.json"))
 
     def running(self) -> bool:
-        return processes.adopt(self.run_dir / "slurmctld.json") is not None and self.ping()
+        return self.alive() and self.ping()
+
+    def alive(self) -> bool:
+        """slurmctld runs, answering or not (busy): what it is asked waits for it rather than going around it."""
+        return processes.adopt(self.run_dir / "slurmctld.json") is not None
 
     def ping(self) -> bool:
         done = subprocess.run([self.binary("scontrol"), "ping"], env=self.env(), capture_output=True, text=True,
@@ -226,8 +232,9 @@ class SlurmController:
     def run(self, command: str, *args: str, patience: float = CONTROLLER_PATIENCE_SECONDS) -> str:
         """A Slurm client command against this cluster; its output, or RuntimeFailure with its error.
 
-        While slurmctld runs but cannot be reached, the command is tried again for `patience` seconds; if
-        slurmctld is not running at all, RuntimePending: the next pass starts it and asks again."""
+        While slurmctld runs but cannot be reached, the command is tried again for `patience` seconds, then
+        ControllerBusy (the reconciler looks again later); if slurmctld is not running at all, RuntimePending: the
+        next pass starts it and asks again."""
         deadline = time.monotonic() + patience
         while True:
             try:
@@ -244,8 +251,8 @@ class SlurmController:
             if processes.adopt(self.run_dir / "slurmctld.json") is None:
                 raise RuntimePending(retry_after=0.5)
             if time.monotonic() > deadline:
-                raise RuntimeFailure("SlurmControllerUnreachable", f"{command} {' '.join(args)} failed: slurmctld "
-                                     f"runs but did not answer for {patience:.0f} s: {problem}")
+                raise ControllerBusy(f"{command} {' '.join(args)}: slurmctld runs but did not answer for "
+                                     f"{patience:.0f} s: {problem}")
             time.sleep(0.2)
 
     def ensure_munged(self) -> None:
@@ -259,7 +266,8 @@ class SlurmController:
         socket.unlink(missing_ok=True)
         log = self.log_dir / "munged.log"
         daemon = processes.spawn(
-            [munged_binary(), "--foreground", "--force", f"--key-file={self.layout.munge_key(self.cluster_id)}",
+            [munged_binary(), "--foreground", "--force", f"--num-threads={MUNGED_THREADS}",
+             f"--key-file={self.layout.munge_key(self.cluster_id)}",
              f"--socket={socket}", f"--pid-file={self.run_dir / 'munged.pid'}", f"--log-file={log}",
              f"--seed-file={self.run_dir / 'munged.seed'}"], record, self.log_dir / "munged.out", cwd=self.log_dir)
         wait_ready("munged", daemon, lambda: socket.exists(), [log, self.log_dir / "munged.out"])

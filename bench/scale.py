@@ -1,0 +1,193 @@
+"""A LARGE cluster at full size on this host: N static nodes up, a job on all of them, 16,384 tasks, and gone.
+
+For each N (a fresh `openpcs serve` and data dir each time), with boto3 against the PCS API and Slurm's own commands
+through `openpcs exec`:
+  - CreateComputeNodeGroup min = max = N (c6i.large) -> ACTIVE, and -> all N nodes IDLE in Slurm
+  - memory: the PSS of every process on the host, by program, less what ran before the server started
+  - an all-node job (`sbatch -N N --wrap "srun true"`) -> its end, with its state and the nodes Slurm drained
+  - an array of 16,384 tasks (`sbatch --array=0-16383 -n1 --wrap true`) -> every task done
+  - DeleteComputeNodeGroup -> gone
+Goals (issue 12, on a 2-core host): 2,048 nodes ACTIVE <= 60 s, the all-node job completes, the array drains in
+<= 5 min, the delete takes <= 30 s. The cluster sets MinJobAge=5, so the all-node job's record does not hold the
+array back for Slurm's default 300 s (a LARGE cluster tracks 16,384 jobs, finished ones included until MinJobAge).
+Everything it starts is stopped at the end (by the PIDs recorded in the data dir), and the dirs removed.
+
+    python bench/scale.py [--nodes 512,1024,2048] [--tasks 16384] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from api_throughput import SUBNET, Started  # noqa: E402
+from slurm_timings import PROFILE, openpcs_exec, serve, wait  # noqa: E402
+
+from openpcs.control.teardown import stop_everything  # noqa: E402
+
+GOALS = {"active": 60.0, "array": 300.0, "delete": 30.0}
+TIMEOUT = 1800.0
+
+
+def pss_by_program() -> collections.Counter:
+    """KiB of proportional set size of every process on the host, summed by program name."""
+    found: collections.Counter = collections.Counter()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            rollup = (entry / "smaps_rollup").read_text()
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        match = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
+        if match:
+            found[name] += int(match.group(1))
+    return found
+
+
+def until(done, what: str, timeout: float = TIMEOUT, every: float = 0.2) -> float:
+    started = time.monotonic()
+    while not done():
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(every)
+    return time.monotonic() - started
+
+
+def idle_count(data: Path, group: str, n: int) -> int:
+    nodes = openpcs_exec(data, "bench", "scontrol", "-o", "show", "node", f"{group}-[1-{n}]")
+    return len(re.findall(r"\bState=IDLE ", nodes))
+
+
+def job_states(data: Path, job: str) -> collections.Counter:
+    """State -> count of a job's records (an array's tasks each have one once started)."""
+    out = openpcs_exec(data, "bench", "scontrol", "-o", "show", "job", job)
+    return collections.Counter(re.findall(r"\bJobState=(\S+)", out))
+
+
+def drained(data: Path) -> list[str]:
+    out = openpcs_exec(data, "bench", "sinfo", "-h", "-R", "-o", "%N|%E")
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def one_size(n: int, tasks: int, work: Path) -> dict[str, object]:
+    started, row = Started(), {"nodes": n}
+    data = work / "data"
+    baseline = pss_by_program()
+    try:
+        data, pcs = serve(started, work)
+        cluster = pcs.create_cluster(clusterName="bench", scheduler={"type": "SLURM", "version": "24.11"},
+                                     size="LARGE", networking={"subnetIds": [SUBNET]}, slurmConfiguration={
+                                         "slurmCustomSettings": [{"parameterName": "MinJobAge",
+                                                                  "parameterValue": "5"}]})["cluster"]
+        wait(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster")
+        t0 = time.monotonic()
+        group = pcs.create_compute_node_group(
+            clusterIdentifier=cluster["id"], computeNodeGroupName="nodes", subnetIds=[SUBNET],
+            customLaunchTemplate={"id": "lt-0123456789abcdef0", "version": "1"}, iamInstanceProfileArn=PROFILE,
+            scalingConfiguration={"minInstanceCount": n, "maxInstanceCount": n},
+            instanceConfigs=[{"instanceType": "c6i.large"}])["computeNodeGroup"]
+        ids = {"clusterIdentifier": cluster["id"], "computeNodeGroupIdentifier": group["id"]}
+        row["active"] = wait(lambda: pcs.get_compute_node_group(**ids), "computeNodeGroup", timeout=TIMEOUT)
+        until(lambda: idle_count(data, "nodes", n) == n, f"{n} nodes IDLE", every=1.0)
+        row["idle"] = time.monotonic() - t0
+        t1 = time.monotonic()
+        openpcs_exec(data, "bench", "sinfo", "-h", "-o", "%D %T")
+        row["sinfo"] = time.monotonic() - t1
+        used = pss_by_program() - baseline
+        row["memory"] = sum(used.values()) / 1024 / 1024  # GiB
+        row["by_program"] = {name: round(kib / 1024) for name, kib in used.most_common(6)}  # MiB
+        queue = pcs.create_queue(clusterIdentifier=cluster["id"], queueName="all",
+                                 computeNodeGroupConfigurations=[{"computeNodeGroupId": group["id"]}])["queue"]
+        wait(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]), "queue")
+
+        t1 = time.monotonic()
+        job = openpcs_exec(data, "bench", "sbatch", "--parsable", "-p", "all", "-N", str(n), "-o",
+                           str(work / "all-nodes.out"), "--wrap", "srun true").strip()
+        until(lambda: not openpcs_exec(data, "bench", "squeue", "-h", "-j", job, "-o", "%i").strip(),
+              "the all-node job's end", every=1.0)
+        row["job"] = time.monotonic() - t1
+        row["job_state"] = ",".join(job_states(data, job)) or "purged"
+        row["drained"] = drained(data)
+
+        t1 = time.monotonic()
+        array = openpcs_exec(data, "bench", "sbatch", "--parsable", "-p", "all", "-n1", "-o", "/dev/null",
+                             f"--array=0-{tasks - 1}", "--wrap", "true").strip()
+        row["array_accepted"] = time.monotonic() - t1
+        t1 = time.monotonic()
+        until(lambda: not openpcs_exec(data, "bench", "squeue", "-h", "-j", array, "-o", "%i").strip(),
+              f"the {tasks}-task array's end", every=2.0)
+        row["array"] = time.monotonic() - t1
+        row["array_states"] = dict(job_states(data, array))
+
+        t1 = time.monotonic()
+        pcs.delete_compute_node_group(**ids)
+
+        def gone() -> bool:
+            try:
+                status = pcs.get_compute_node_group(**ids)["computeNodeGroup"]
+            except ClientError as exc:
+                return exc.response["Error"]["Code"] == "ResourceNotFoundException"
+            if status["status"] == "DELETE_FAILED":
+                raise SystemExit(f"DeleteComputeNodeGroup failed: {status.get('errorInfo')}")
+            return False
+
+        row["delete"] = until(gone, "the node group's delete", every=0.2)
+    except SystemExit as stopped:  # a step that failed or timed out: the rows so far are still worth showing
+        row["error"] = str(stopped)
+    finally:
+        started.cleanup()
+        stop_everything(data)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", default="512,1024,2048", help="node counts, one run each [512,1024,2048]")
+    parser.add_argument("--tasks", type=int, default=16384, help="tasks of the array [16384]")
+    parser.add_argument("--keep", action="store_true", help="keep the data dirs (logs)")
+    args = parser.parse_args()
+    rows, ok = [], True
+    for n in [int(item) for item in args.nodes.split(",")]:
+        work = Path(tempfile.mkdtemp(prefix=f"openpcs-scale-{n}-"))
+        try:
+            row = one_size(n, args.tasks, work)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        rows.append(row)
+        print(f"N={n}: " + ", ".join(f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}"
+                                     for key, value in row.items()), flush=True)
+    print("\n| N | group ACTIVE | all IDLE | first sinfo | memory (ΣPSS) | all-node job | "
+          f"{args.tasks}-task array | DeleteComputeNodeGroup |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        if "error" in row:
+            ok = False
+            print(f"| {row['nodes']:,} | stopped: {row['error']} |")
+            continue
+        job_ok = row["job_state"] in ("COMPLETED", "purged") and not row["drained"]
+        array_ok = set(row["array_states"]) <= {"COMPLETED"}
+        ok &= (job_ok and array_ok and row["array"] <= GOALS["array"] and row["delete"] <= GOALS["delete"]
+               and (row["nodes"] < 2048 or row["active"] <= GOALS["active"]))
+        print(f"| {row['nodes']:,} | {row['active']:.1f} s | {row['idle']:.1f} s | {row['sinfo']:.1f} s | "
+              f"{row['memory']:.1f} GiB | {row['job']:.0f} s, {row['job_state']}"
+              f"{'' if not row['drained'] else ', drained: ' + '; '.join(row['drained'])} | "
+              f"{row['array']:.0f} s, {row['array_states']} | {row['delete']:.1f} s |")
+    print("\nGoals: 2,048 nodes ACTIVE <= 60 s, the all-node job completes, the array drains in <= 300 s, "
+          "delete <= 30 s:", "met" if ok else "NOT met")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
