@@ -69,10 +69,19 @@ def idle_count(data: Path, group: str, n: int) -> int:
     return len(re.findall(r"\bState=IDLE ", nodes))
 
 
-def job_states(data: Path, job: str) -> collections.Counter:
-    """State -> count of a job's records (an array's tasks each have one once started)."""
-    out = openpcs_exec(data, "bench", "scontrol", "-o", "show", "job", job)
-    return collections.Counter(re.findall(r"\bJobState=(\S+)", out))
+def jobs_left(data: Path, job: str) -> bool:
+    """Whether the job (or a task of the array) is still pending, running or completing. (`squeue -j` fails once
+    slurmctld has purged a finished job's record, MinJobAge after its end.)"""
+    out = openpcs_exec(data, "bench", "squeue", "-h", "-t", "PD,CF,R,CG,S", "-o", "%F")
+    return job in out.split()
+
+
+def exit_statuses(data: Path, cluster_id: str, job: str) -> collections.Counter:
+    """Exit status -> count for the job, or for each task of the array, from slurmctld's log (the records of
+    finished jobs are purged MinJobAge after their end)."""
+    log = (data / "logs" / cluster_id / "slurmctld.log").read_text(errors="replace")
+    pattern = rf"_job_complete: JobId={job}(?:_\d+)?(?:\(\d+\))? WEXITSTATUS (\d+)"
+    return collections.Counter(f"exit {status}" for status in re.findall(pattern, log))
 
 
 def drained(data: Path) -> list[str]:
@@ -80,8 +89,18 @@ def drained(data: Path) -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
+class Row(dict):
+    """A size's figures, each printed as it is measured (a run at 2,048 nodes takes many minutes)."""
+
+    def __setitem__(self, key: str, value: object) -> None:
+        super().__setitem__(key, value)
+        shown = f"{value:.1f}" if isinstance(value, float) else value
+        print(f"  N={self['nodes'] if key != 'nodes' else value}: {key} = {shown}", flush=True)
+
+
 def one_size(n: int, tasks: int, work: Path) -> dict[str, object]:
-    started, row = Started(), {"nodes": n}
+    started, row = Started(), Row()
+    row["nodes"] = n
     data = work / "data"
     baseline = pss_by_program()
     try:
@@ -114,10 +133,9 @@ def one_size(n: int, tasks: int, work: Path) -> dict[str, object]:
         t1 = time.monotonic()
         job = openpcs_exec(data, "bench", "sbatch", "--parsable", "-p", "all", "-N", str(n), "-o",
                            str(work / "all-nodes.out"), "--wrap", "srun true").strip()
-        until(lambda: not openpcs_exec(data, "bench", "squeue", "-h", "-j", job, "-o", "%i").strip(),
-              "the all-node job's end", every=1.0)
+        until(lambda: not jobs_left(data, job), "the all-node job's end", every=1.0)
         row["job"] = time.monotonic() - t1
-        row["job_state"] = ",".join(job_states(data, job)) or "purged"
+        row["job_state"] = ",".join(exit_statuses(data, cluster["id"], job)) or "unknown"
         row["drained"] = drained(data)
 
         t1 = time.monotonic()
@@ -125,11 +143,12 @@ def one_size(n: int, tasks: int, work: Path) -> dict[str, object]:
                              f"--array=0-{tasks - 1}", "--wrap", "true").strip()
         row["array_accepted"] = time.monotonic() - t1
         t1 = time.monotonic()
-        until(lambda: not openpcs_exec(data, "bench", "squeue", "-h", "-j", array, "-o", "%i").strip(),
-              f"the {tasks}-task array's end", every=2.0)
+        until(lambda: not jobs_left(data, array), f"the {tasks}-task array's end", every=2.0)
         row["array"] = time.monotonic() - t1
-        row["array_states"] = dict(job_states(data, array))
+        row["array_states"] = dict(exit_statuses(data, cluster["id"], array))
 
+        pcs.delete_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"])  # the group is in it
+        until(lambda: not pcs.list_queues(clusterIdentifier=cluster["id"])["queues"], "the queue's delete")
         t1 = time.monotonic()
         pcs.delete_compute_node_group(**ids)
 
@@ -143,7 +162,7 @@ def one_size(n: int, tasks: int, work: Path) -> dict[str, object]:
             return False
 
         row["delete"] = until(gone, "the node group's delete", every=0.2)
-    except SystemExit as stopped:  # a step that failed or timed out: the rows so far are still worth showing
+    except (SystemExit, ClientError) as stopped:  # a step failed or timed out: what was measured is still shown
         row["error"] = str(stopped)
     finally:
         started.cleanup()
@@ -166,8 +185,6 @@ def main() -> int:
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
         rows.append(row)
-        print(f"N={n}: " + ", ".join(f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}"
-                                     for key, value in row.items()), flush=True)
     print("\n| N | group ACTIVE | all IDLE | first sinfo | memory (ΣPSS) | all-node job | "
           f"{args.tasks}-task array | DeleteComputeNodeGroup |")
     print("|---|---|---|---|---|---|---|---|")
@@ -176,8 +193,8 @@ def main() -> int:
             ok = False
             print(f"| {row['nodes']:,} | stopped: {row['error']} |")
             continue
-        job_ok = row["job_state"] in ("COMPLETED", "purged") and not row["drained"]
-        array_ok = set(row["array_states"]) <= {"COMPLETED"}
+        job_ok = row["job_state"] == "exit 0" and not row["drained"]
+        array_ok = row["array_states"] == {"exit 0": args.tasks}
         ok &= (job_ok and array_ok and row["array"] <= GOALS["array"] and row["delete"] <= GOALS["delete"]
                and (row["nodes"] < 2048 or row["active"] <= GOALS["active"]))
         print(f"| {row['nodes']:,} | {row['active']:.1f} s | {row['idle']:.1f} s | {row['sinfo']:.1f} s | "

@@ -18,7 +18,7 @@ first, then 24.11.5, which every cluster runs now):
 - A queue without node groups is a partition without nodes: jobs sent there pend (PartitionConfig).
 - A cluster without node groups or queues has no NodeName or PartitionName line: Slurm 24.11 starts
   without them (22.05 refused to, and needed placeholders).
-- cgroup.conf holds only the cgroupCustomSettings. TaskPlugin=task/none and proctrack/linuxproc enforce
+- cgroup.conf holds only the cgroupCustomSettings. TaskPlugin=task/none and proctrack/pgid enforce
   nothing with cgroups, but slurmctld and slurmd still parse the file, at start and on reconfigure, and
   die on a key they do not know. `scontrol show config` in 22.05 does not show its values.
 - gres.conf: the gres/gpu plugin drops a GPU without File= ("Removing file-less GPU"), and the node then
@@ -360,7 +360,12 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             ("TreeWidth", "65533"),
         ]),
         ("Jobs: no cgroups, since all nodes share this host's cgroup tree", [
-            ("ProctrackType", "proctrack/linuxproc"),
+            # A job's processes are its process group. proctrack/linuxproc finds them by reading every process's
+            # /proc/<pid>/stat, and each job step does so to signal and to wait for them: with every node's
+            # daemons on one host that grew with nodes x steps, until step ends took 72% of the host's CPU (perf,
+            # a 2,000-task array on 512 nodes). A process that leaves its group (setsid) is not tracked; stopping
+            # a node still stops everything working in its directory.
+            ("ProctrackType", "proctrack/pgid"),
             ("TaskPlugin", "task/none"),
             # With accounting, each step's CPU and memory use is sampled for sacct and sstat.
             ("JobAcctGatherType", "jobacct_gather/linux" if spec.accounting_port else "jobacct_gather/none"),
@@ -495,7 +500,7 @@ def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dic
 
 def _cgroup_conf(spec: ClusterSpec) -> str:
     out = [HEADER,
-           "# The cluster's cgroupCustomSettings. With TaskPlugin=task/none and proctrack/linuxproc no cgroup is\n"
+           "# The cluster's cgroupCustomSettings. With TaskPlugin=task/none and proctrack/pgid no cgroup is\n"
            "# enforced, but slurmctld and slurmd read this file and stop on a key they do not know.\n"]
     out.extend(f"{name}={_format_value(value)}\n" for name, value in apply_overrides([], spec.cgroup_settings))
     return "".join(out)
