@@ -21,6 +21,7 @@ import argparse
 import collections
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,8 +73,9 @@ def idle_count(data: Path, group: str, n: int) -> int:
 def jobs_left(data: Path, job: str) -> bool:
     """Whether the job (or a task of the array) is still pending, running or completing. (`squeue -j` fails once
     slurmctld has purged a finished job's record, MinJobAge after its end.)"""
-    out = openpcs_exec(data, "bench", "squeue", "-h", "-t", "PD,CF,R,CG,S", "-o", "%F")
-    return job in out.split()
+    done = subprocess.run([sys.executable, "-m", "openpcs", "exec", "--data-dir", str(data), "bench", "--", "squeue",
+                           "-h", "-t", "PD,CF,R,CG,S", "-o", "%F"], capture_output=True, text=True, timeout=600)
+    return done.returncode != 0 or job in done.stdout.split()  # no answer (slurmctld restarting): still there
 
 
 def exit_statuses(data: Path, cluster_id: str, job: str) -> collections.Counter:

@@ -28,6 +28,13 @@ if [ ${#packages[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
+# Every thread of every node's daemons takes a PID: a LARGE cluster's 2,048 nodes with a job on all of them need
+# more than the kernel's default pid_max of 32,768 (docs/slurm.md). Raised until the next boot.
+if [ "$(cat /proc/sys/kernel/pid_max)" -lt 4194304 ]; then
+    echo "== raising kernel.pid_max to 4194304 (was $(cat /proc/sys/kernel/pid_max))"
+    echo 4194304 > /proc/sys/kernel/pid_max || echo "could not raise kernel.pid_max: clusters of more than about" \
+        "1,000 nodes may fail to start threads. As root: sysctl -w kernel.pid_max=4194304" >&2
+fi
 # Every cluster is a real Slurm 24.11: built once per machine (about 4 minutes), then found by path.
 scripts/build-slurm.sh
 

@@ -34,7 +34,7 @@ from .files import write_private
 REGISTER_TARGET = "AWSParallelComputingService.RegisterComputeNodeGroupInstance"
 # The API may be restarting: keep trying this long before giving up on an instance.
 REGISTER_PATIENCE_SECONDS = 60.0
-PARALLEL_REGISTRATIONS = 8
+PARALLEL_REGISTRATIONS = 32
 # How long a login node's sackd may take to fetch the cluster's configuration.
 LOGIN_READY_SECONDS = 30.0
 # slurmd's PATH (for the programs it runs); the agent's own environment may not have sbin.

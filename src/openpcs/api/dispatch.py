@@ -68,6 +68,8 @@ class Dispatcher:
             else:
                 result = self._idempotent(conn, operation.name, token, _request_hash(params, token_member), params,
                                           lambda: handler(conn, params))
+        if operation.name in getattr(self.handlers, "WRITES_THAT_CHANGE_NO_RESOURCE", ()):
+            return result
         try:
             self.after_write()
         except Exception:

@@ -50,6 +50,11 @@ class ServiceContext:
 
 
 class PcsHandlers:
+    # Writes the reconciler need not be woken for: an instance registering changes no resource (its node group sees
+    # its node come up in Slurm, which it polls), and 2,048 of them waking it in turn kept it asking Slurm for every
+    # node's state without a pause while the nodes started.
+    WRITES_THAT_CHANGE_NO_RESOURCE = frozenset({"RegisterComputeNodeGroupInstance"})
+
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.views = ctx.views

@@ -351,8 +351,10 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             ("SlurmdDebug", "info"),
             ("SlurmdTimeout", str(SLURMD_TIMEOUT)),
             # A node's CPUs and memory are its instance type's, not this host's: trust slurm.conf rather than
-            # drain a node that registers with less.
-            ("SlurmdParameters", "config_overrides"),
+            # drain a node that registers with less. Each slurmd keeps 2 connection threads rather than 10: every
+            # thread takes a PID, and 2,048 nodes of 12 threads each, with a job's steps on all of them, ran into
+            # the kernel's pid_max of 32,768 (slurmctld and srun died: "pthread_create error").
+            ("SlurmdParameters", "config_overrides,conmgr_threads=2"),
             # A node DOWN because it stopped responding returns to service when it answers again; one an
             # administrator (or openpcs, while replacing it) set DOWN stays DOWN: openpcs repairs it.
             ("ReturnToService", "1"),
