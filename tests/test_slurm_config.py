@@ -300,3 +300,11 @@ def test_slurmdbd_conf_sets_every_purge_and_lets_custom_settings_win() -> None:
     assert settings["AuthAltTypes"] == "auth/jwt" and settings["AuthAltParameters"] == "jwt_key=/k/jwt.key"
     forever = render_slurmdbd_conf(dataclasses.replace(spec, purge_days=-1, custom_settings=(), jwt_key=None))
     assert "Purge" not in forever and "AuthAlt" not in forever  # -1 keeps records forever
+
+
+def test_slurmd_timeout_grows_with_the_cluster_beyond_240_nodes():
+    def timeout(*groups: NodeGroupSpec) -> str:
+        return re.search(r"^SlurmdTimeout=(\d+)$", render(cluster(groups))["slurm.conf"], re.M).group(1)
+
+    assert timeout() == timeout(group("a", 2, 240)) == "30"
+    assert timeout(group("a", 100, 1024), group("b", 0, 1024, first_port=30000)) == "256"
