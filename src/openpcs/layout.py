@@ -110,14 +110,16 @@ class DataLayout:
     def instance_dir(self, instance_id: str) -> Path:
         return self.data_dir / "instances" / instance_id
 
-    def daemon_records(self) -> list[Path]:
-        """Every daemon the data dir's clusters run (openpcs.processes records), in the order to stop them:
-        node agents, slurmd (or a login node's sackd), slurmrestd, slurmctld, slurmdbd, munged, and the MariaDB
-        server."""
-        clusters = [*self.data_dir.glob("agents/*.json"), *self.data_dir.glob("instances/*/slurmd.json")]
-        for daemon in ("slurmrestd", "slurmctld", "slurmdbd", "munged"):
-            clusters += self.data_dir.glob(f"clusters/*/run/{daemon}.json")
-        return [*clusters, *self.mariadb_dir().glob("mariadb.json")]
+    def node_records(self) -> list[Path]:
+        """The records (openpcs.processes) of every node agent and every node's slurmd (or a login node's sackd)."""
+        return [*self.data_dir.glob("agents/*.json"), *self.data_dir.glob("instances/*/slurmd.json")]
+
+    def service_records(self) -> list[Path]:
+        """The records of the daemons the nodes use, in the order to stop them after the nodes: slurmrestd,
+        slurmctld, slurmdbd, munged, and the MariaDB server."""
+        services = [record for daemon in ("slurmrestd", "slurmctld", "slurmdbd", "munged")
+                    for record in self.data_dir.glob(f"clusters/*/run/{daemon}.json")]
+        return [*services, *self.mariadb_dir().glob("mariadb.json")]
 
     def shared_secret(self, cluster_id: str) -> bytes | None:
         """The cluster's munge key, for RegisterComputeNodeGroupInstance; None until the cluster has one."""

@@ -18,12 +18,9 @@ def stop_everything(data_dir: Path, timeout: float = 5.0) -> None:
     """Stop every daemon recorded under `data_dir` by PID (node agents, slurmd, slurmrestd, slurmctld, slurmdbd,
     munged, the MariaDB server), then remove their socket dirs and release their ports."""
     layout = DataLayout(data_dir)
-    records = layout.daemon_records()
-    nodes = [r for r in records if r.parent.name == "agents" or r.parent.parent.name == "instances"]
-    processes.stop_all(nodes, timeout=timeout)  # thousands of nodes at once, then the daemons they use, in order
-    for record in records:
-        if record not in nodes:
-            processes.stop(record, timeout=timeout)
+    processes.stop_all(layout.node_records(), timeout=timeout)  # thousands of nodes at once
+    for record in layout.service_records():  # then the daemons they use, in order
+        processes.stop(record, timeout=timeout)
     for cluster in data_dir.glob("clusters/*"):
         shutil.rmtree(layout.socket_dir(cluster.name), ignore_errors=True)
         Ports.of_cluster(layout, cluster.name).release()

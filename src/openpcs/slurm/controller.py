@@ -248,7 +248,7 @@ class SlurmController:
             unreachable = done is None or any(words in problem for words in _UNREACHABLE)
             if not unreachable:
                 raise RuntimeFailure("SlurmError", f"{command} {' '.join(args)} failed: {problem}")
-            if processes.adopt(self.run_dir / "slurmctld.json") is None:
+            if not self.alive():
                 raise RuntimePending(retry_after=0.5)
             if time.monotonic() > deadline:
                 raise ControllerBusy(f"{command} {' '.join(args)}: slurmctld runs but did not answer for "
