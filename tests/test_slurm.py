@@ -190,7 +190,7 @@ def test_kill9_of_the_server_leaves_jobs_alone_and_the_restart_adopts_every_daem
     job = openpcs_exec(first, cluster["name"], "sbatch", "--parsable", "-p", queue["name"], "-N2", "-o", str(out),
                        "--wrap", "sleep 2; srun bash -c 'echo $SLURMD_NODENAME'").stdout.strip()
     before = sorted(set(daemons_of(data)) - _serve_pids(first))
-    assert len(before) == 4  # munged, slurmctld, two slurmd
+    assert len(before) == 8  # munged, slurmctld, and each node's unshare, its namespace's shell and its slurmd
     first.kill9()
     assert sorted(daemons_of(data)) == before  # slurmctld, munged and each slurmd carry on without it
     second = OpenPcs(data)
@@ -500,7 +500,7 @@ def test_daemons_that_died_while_the_server_was_down_are_started_again(tmp_path)
     openpcs_exec(second, cluster["name"], "sbatch", "--wait", "-p", queue["name"], "-N2", "-o", str(out),
                  "--wrap", "srun bash -c 'echo $SLURMD_NODENAME'")
     assert sorted(out.read_text().split()) == [lost_node, f"{group['name']}-2"]
-    assert len([pid for pid in daemons_of(data) if pid not in _serve_pids(second)]) == 4  # none duplicated
+    assert len([pid for pid in daemons_of(data) if pid not in _serve_pids(second)]) == 8  # none duplicated (per node: unshare, shell, slurmd)
     assert "had stopped" in second.log()
 
 

@@ -175,9 +175,9 @@ def terminate_all(daemons: Sequence[Daemon], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     living = [d for d in daemons if d.alive()]
     while living and time.monotonic() < deadline:
-        living = [d for d in living if _signal(d, signal.SIGTERM) and _signal(d, signal.SIGCONT)]
+        living = [d for d in living if signal_session(d, signal.SIGTERM) and signal_session(d, signal.SIGCONT)]
         living = _wait_gone(living, min(deadline, time.monotonic() + TERM_REPEAT_SECONDS))
-    killed = [d for d in living if d.alive() and _signal(d, signal.SIGKILL)]
+    killed = [d for d in living if d.alive() and signal_session(d, signal.SIGKILL)]
     _wait_gone(killed, time.monotonic() + 5.0)
     _reap()
 
@@ -192,7 +192,8 @@ def _wait_gone(daemons: list[Daemon], until: float) -> list[Daemon]:
         time.sleep(0.02)
 
 
-def _signal(daemon: Daemon, sig: int) -> bool:
+def signal_session(daemon: Daemon, sig: int) -> bool:
+    """Send `sig` to the daemon's session (its process group); False if it has gone."""
     try:
         os.killpg(daemon.pid, sig)  # its session's group: the daemon leads it (start_new_session)
     except ProcessLookupError:

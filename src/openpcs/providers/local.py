@@ -15,7 +15,6 @@ error code, as EC2 refuses RunInstances.
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import signal
 import sys
@@ -153,7 +152,7 @@ class LocalProvider:
         daemon = processes.adopt(self.layout.instance_dir(instance_id) / "slurmd.json")
         if daemon is None:
             raise LookupError("its slurmd does not run")
-        os.kill(daemon.pid, signal.SIGSTOP)
+        processes.signal_session(daemon, signal.SIGSTOP)  # the recorded unshare, its namespace's shell and slurmd
 
     def make_unhealthy(self, instance_id: str) -> None:
         """The instance fails its health checks from now on."""
@@ -212,7 +211,7 @@ class LocalProvider:
     def _continue(directory: Path) -> None:
         daemon = processes.adopt(directory / "slurmd.json")
         if daemon is not None and daemon.stopped():
-            os.kill(daemon.pid, signal.SIGCONT)
+            processes.signal_session(daemon, signal.SIGCONT)
 
 
 def _locked(path: Path) -> bool:
