@@ -500,7 +500,8 @@ def test_daemons_that_died_while_the_server_was_down_are_started_again(tmp_path)
     openpcs_exec(second, cluster["name"], "sbatch", "--wait", "-p", queue["name"], "-N2", "-o", str(out),
                  "--wrap", "srun bash -c 'echo $SLURMD_NODENAME'")
     assert sorted(out.read_text().split()) == [lost_node, f"{group['name']}-2"]
-    assert len([pid for pid in daemons_of(data) if pid not in _serve_pids(second)]) == 8  # none duplicated (per node: unshare, shell, slurmd)
+    # None duplicated: munged, slurmctld, and each node's unshare, its namespace's shell and its slurmd.
+    assert len([pid for pid in daemons_of(data) if pid not in _serve_pids(second)]) == 8
     assert "had stopped" in second.log()
 
 
