@@ -476,6 +476,25 @@ def _restart(first: OpenPcs) -> OpenPcs:
     return second.start()
 
 
+def test_a_nodes_job_sees_only_its_nodes_processes(server, tmp_path):
+    """Each node has a process table of its own, as a host of its own would: a job step on it lists its own
+    slurmd and job processes in /proc, never another node's, the cluster's slurmctld or munged, or openpcs."""
+    pcs = server.client()
+    cluster, group, queue = cluster_with_nodes(pcs, nodes=2, max_nodes=2)
+    script = tmp_path / "processes.sh"
+    script.write_text('#!/bin/sh\necho "$SLURMD_NODENAME $(cat /proc/[0-9]*/comm 2>/dev/null | tr \'\\n\' \' \')"\n')
+    script.chmod(0o755)
+    out = tmp_path / "processes.txt"
+    openpcs_exec(server, cluster["name"], "sbatch", "--wait", "-p", queue["name"], "-N2", "-o", str(out),
+                 "--wrap", f"srun {script}")
+    seen = {line.split()[0]: line.split()[1:] for line in out.read_text().splitlines()}
+    assert sorted(seen) == [f"{group['name']}-1", f"{group['name']}-2"]
+    for node, programs in seen.items():
+        assert programs.count("slurmd") == 1, (node, programs)
+        assert "slurmstepd" in programs, (node, programs)
+        assert not {"slurmctld", "munged", "python"} & set(programs), (node, programs)
+
+
 def test_daemons_that_died_while_the_server_was_down_are_started_again(tmp_path):
     data = tmp_path / "data"
     first = OpenPcs(data).start()

@@ -243,7 +243,10 @@ class NodeGroups:
                     or ("DRAIN" in flag and states[name][1].startswith("openpcs:"))]
         if stopping:
             controller.scontrol("update", f"nodename={compress_hostlist(stopping)}", "state=resume")
-        down = [name for name, flag in flags.items() if (POWERING_DOWN | POWER_DOWN_BEGUN) & flag]
+        # Asked once: a node asked again while its power-up is pending or under way is powered up twice, and
+        # Slurm's second request outlives the first (measured: a node left "IDLE+POWER_UP" once up).
+        down = [name for name, flag in flags.items() if (POWERING_DOWN | POWER_DOWN_BEGUN) & flag
+                and not POWERING_UP & flag]
         if down:
             controller.scontrol("update", f"nodename={compress_hostlist(down)}", "state=power_up")
         # A node Slurm is already powering up (asked before) is launched when its ResumeProgram runs.

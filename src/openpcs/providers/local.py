@@ -18,7 +18,6 @@ import fcntl
 import shutil
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -45,8 +44,6 @@ from .base import (
     ProviderError,
 )
 
-# An agent that has not taken an instance's lock this long after its launch is presumed lost.
-AGENT_GRACE_SECONDS = 30.0
 # Markers in an instance's directory.
 DEAD = "dead"            # the instance died: it never runs again
 UNHEALTHY = UNHEALTHY_MARKER  # its health checks fail
@@ -57,7 +54,6 @@ class LocalProvider:
     def __init__(self, layout: DataLayout) -> None:
         self.layout = layout
         self.agents = layout.data_dir / "agents"  # one record per running agent, for stopping it by PID
-        self._launched: dict[str, float] = {}
 
     # -- the Provider interface ------------------------------------------------------------------------------
 
@@ -87,12 +83,10 @@ class LocalProvider:
             # Run in the log dir, as slurmd and its slurmstepd (which inherit it) do: a core dump lands there.
             processes.spawn([sys.executable, "-m", "openpcs.agent", *directories],
                             self.agents / f"{uuid.uuid4().hex}.json", log, cwd=log.parent)
-        now = time.monotonic()
-        self._launched.update({r.instance_id: now for r in requests if r.instance_id not in refused})
         return refused
 
     def describe(self, instance_ids: Sequence[str]) -> dict[str, InstanceStatus]:
-        agents_running = None
+        launching = None
         answer = {}
         for instance_id in instance_ids:
             directory = self.layout.instance_dir(instance_id)
@@ -118,13 +112,11 @@ class LocalProvider:
             if _locked(directory / "agent.lock"):
                 answer[instance_id] = InstanceStatus(PENDING)
                 continue
-            launched = self._launched.get(instance_id)
-            if launched is not None and time.monotonic() - launched < AGENT_GRACE_SECONDS:
-                if agents_running is None:
-                    agents_running = any([processes.adopt(r) is not None for r in self.agents.glob("*.json")])
-                if agents_running:
-                    answer[instance_id] = InstanceStatus(PENDING)
-                    continue
+            if launching is None:
+                launching = self._being_launched()
+            if str(directory) in launching:  # its agent has not come to it yet (2,048 take it about 50 s)
+                answer[instance_id] = InstanceStatus(PENDING)
+                continue
             answer[instance_id] = InstanceStatus(STOPPED, "its slurmd does not run")
         return answer
 
@@ -134,9 +126,16 @@ class LocalProvider:
     def terminate(self, instance_ids: Sequence[str]) -> None:
         directories = [self.layout.instance_dir(i) for i in instance_ids]
         processes.stop_all([directory / "slurmd.json" for directory in directories])  # stopped ones are continued
-        for instance_id, directory in zip(instance_ids, directories, strict=True):
+        for directory in directories:
             shutil.rmtree(directory, ignore_errors=True)
-            self._launched.pop(instance_id, None)
+
+    def _being_launched(self) -> set[str]:
+        """The instance directories a running agent was started for: it brings each up, or writes why not."""
+        found: set[str] = set()
+        for record in self.agents.glob("*.json"):
+            if processes.adopt(record) is not None:
+                found.update((processes.recorded_argv(record) or [])[3:])  # python -m openpcs.agent DIR...
+        return found
 
     # -- faults ----------------------------------------------------------------------------------------------
 
