@@ -581,7 +581,7 @@ def test_a_slurmctld_that_stops_answering_is_restarted_and_the_update_goes_throu
     assert "has not answered for 30 s; restarting it" in server.log()
 
 
-@pytest.mark.parametrize("size, jobs", [("SMALL", 256), ("LARGE", 16384)])
+@pytest.mark.parametrize("size, jobs", [("SMALL", 256), ("MEDIUM", 8192), ("LARGE", 16384)])
 def test_a_clusters_size_is_the_number_of_jobs_its_slurm_takes(server, size, jobs):
     """PCS's sizes track 256 (SMALL), 8,192 (MEDIUM) and 16,384 (LARGE) jobs, each array task counting: an array of
     that many tasks is taken, one index more is refused, and so is any job beyond it, in Slurm's own words."""

@@ -302,9 +302,12 @@ def test_slurmdbd_conf_sets_every_purge_and_lets_custom_settings_win() -> None:
     assert "Purge" not in forever and "AuthAlt" not in forever  # -1 keeps records forever
 
 
-def test_slurmd_timeout_grows_with_the_cluster_beyond_240_nodes():
-    def timeout(*groups: NodeGroupSpec) -> str:
-        return re.search(r"^SlurmdTimeout=(\d+)$", render(cluster(groups))["slurm.conf"], re.M).group(1)
+def test_slurmd_and_step_end_timeouts_grow_with_the_cluster_beyond_240_and_480_nodes():
+    def timeout(name: str, *groups: NodeGroupSpec) -> str:
+        return re.search(rf"^{name}=(\d+)$", render(cluster(groups))["slurm.conf"], re.M).group(1)
 
-    assert timeout() == timeout(group("a", 2, 240)) == "30"
-    assert timeout(group("a", 100, 1024), group("b", 0, 1024, first_port=30000)) == "256"
+    assert timeout("SlurmdTimeout") == timeout("SlurmdTimeout", group("a", 2, 240)) == "30"
+    assert timeout("SlurmdTimeout", group("a", 100, 1024), group("b", 0, 1024, first_port=30000)) == "256"
+    assert timeout("UnkillableStepTimeout") == timeout("UnkillableStepTimeout", group("a", 2, 480)) == "60"
+    assert timeout("UnkillableStepTimeout", group("a", 2, 1024)) == "128"
+    assert timeout("UnkillableStepTimeout", group("a", 100, 1024), group("b", 0, 1024, first_port=30000)) == "256"

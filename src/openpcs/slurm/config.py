@@ -57,6 +57,18 @@ SLURMD_TIMEOUT_NODES_PER_SECOND = 8
 
 def slurmd_timeout(nodes: int) -> int:
     return max(SLURMD_TIMEOUT, -(-nodes // SLURMD_TIMEOUT_NODES_PER_SECOND))
+
+
+# How long a job step's end may take before Slurm drains its node "Kill task failed": Slurm's 60 s, or as long as a
+# busy node is given to answer. A step's end waits on slurmctld, and with 1,024 or 2,048 nodes finishing a
+# 16,384-task array on this host's 2 cores, slurmctld was deferring connections ("50/50 connections") and a step
+# whose job had ended was still retrying its completion RPC after 60 s: 4 and 9 nodes drained, their tasks requeued
+# (and held back by Slurm for minutes), the array 402 s and 521 s rather than about 190 s.
+UNKILLABLE_STEP_TIMEOUT = 60
+
+
+def unkillable_step_timeout(nodes: int) -> int:
+    return max(UNKILLABLE_STEP_TIMEOUT, slurmd_timeout(nodes))
 # A node group's own idle time lives in a partition of this prefix (PCS queue names cannot hold "_").
 IDLE_PARTITION_PREFIX = "openpcs_idle_"
 GPU = "gpu"
@@ -336,6 +348,7 @@ def _node_settings(group: NodeGroupSpec) -> Settings:
 
 def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]) -> list[tuple[str, Settings]]:
     paths = spec.paths
+    nodes = sum(len(node_names(group)) for group in spec.node_groups)
     return [
         ("Cluster and controller", [
             ("ClusterName", spec.cluster_name),
@@ -357,7 +370,8 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             ("SlurmdPidFile", f"{paths.run_dir}/slurmd-%n.pid"),
             ("SlurmdLogFile", f"{paths.log_dir}/slurmd-%n.log"),
             ("SlurmdDebug", "info"),
-            ("SlurmdTimeout", str(slurmd_timeout(sum(len(node_names(g)) for g in spec.node_groups)))),
+            ("SlurmdTimeout", str(slurmd_timeout(nodes))),
+            ("UnkillableStepTimeout", str(unkillable_step_timeout(nodes))),
             # A node's CPUs and memory are its instance type's, not this host's: trust slurm.conf rather than
             # drain a node that registers with less. Each slurmd keeps 2 connection threads rather than 10: every
             # thread takes a PID, and 2,048 nodes of 12 threads each, with a job's steps on all of them, ran into
