@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import socket
 import ssl
 import subprocess
@@ -348,30 +349,31 @@ def test_cluster_events_tell_what_happened_to_nodes(server, sagemaker):
     wait_gone(sagemaker, name)
 
 
-def slurmd_pid(server: OpenPcs, cluster_arn: str, node: str) -> int:
-    """The PID of a node's slurmd, from its pid file (SlurmdPidFile) in the cluster's run directory; 0 if none."""
-    cluster_id = cluster_arn.rsplit("/", 1)[1]
+def node_daemon(server: OpenPcs, instance_id: str) -> tuple[int, int] | None:
+    """The instance's node daemon as recorded (PID and start time); None between a stop and the next start. (slurmd's
+    own pid file will not do: in its node's PID namespace slurmd is always PID 2.)"""
     try:
-        return int((server.data_dir / "clusters" / cluster_id / "run" / f"slurmd-{node}.pid").read_text() or 0)
+        record = json.loads((server.data_dir / "instances" / instance_id / "slurmd.json").read_text())
     except FileNotFoundError:
-        return 0  # between the old slurmd's exit and the new one's start
+        return None
+    return record["pid"], record["startTime"]
 
 
 def test_reboot_keeps_the_instance_and_replace_keeps_the_node_logical_id(server, sagemaker):
     name = create(sagemaker, groups=[controller_group(), compute_group(count=2)])
-    arn = wait_status(sagemaker, name, ("InService",))["ClusterArn"]
+    wait_status(sagemaker, name, ("InService",))
     events = sagemaker.list_cluster_events(ClusterName=name, ResourceType="Instance")["Events"]
     first = next(e["InstanceId"] for e in events if "workers-1" in e["Description"])
     second = next(e["InstanceId"] for e in events if "workers-2" in e["Description"])
     logical = sagemaker.describe_cluster_node(ClusterName=name, NodeId=second)["NodeDetails"]["NodeLogicalId"]
-    before = slurmd_pid(server, arn, "workers-1")
+    before = node_daemon(server, first)
     rebooted = sagemaker.batch_reboot_cluster_nodes(ClusterName=name, NodeIds=[first, "i-0123456789abcdef0"])
     assert rebooted["Successful"] == [first]
     assert [(f["NodeId"], f["ErrorCode"]) for f in rebooted["Failed"]] == [("i-0123456789abcdef0",
                                                                             "InstanceIdNotFound")]
     wait_status(sagemaker, name, ("InService",))
     deadline = time.monotonic() + 30
-    while slurmd_pid(server, arn, "workers-1") in (before, 0) or node_states(server, name)["workers-1"] != "IDLE":
+    while node_daemon(server, first) in (before, None) or node_states(server, name)["workers-1"] != "IDLE":
         assert time.monotonic() < deadline, "workers-1's slurmd was not restarted"
         time.sleep(0.2)
     assert sagemaker.describe_cluster_node(ClusterName=name, NodeId=first)["NodeDetails"]["InstanceStatus"][
