@@ -180,33 +180,6 @@ def terminate_all(daemons: Sequence[Daemon], timeout: float = 10.0) -> None:
     killed = [d for d in living if d.alive() and signal_session(d, signal.SIGKILL)]
     _wait_gone(killed, time.monotonic() + 5.0)
     _reap()
-    _wait_sessions_empty(daemons, time.monotonic() + SESSION_END_SECONDS)
-
-
-# A session may outlive its leader by a moment: a node's namespace (its shell, slurmd and job steps) is killed by the
-# kernel when unshare, the recorded leader, dies, and until then slurmd still holds its port. A stop waits for that,
-# so that a node started again at once (a reboot) finds its port free. It sends nothing more: the leader's PID is
-# gone and could, in principle, be another process's by now.
-SESSION_END_SECONDS = 5.0
-
-
-def _wait_sessions_empty(daemons: Sequence[Daemon], until: float) -> None:
-    waiting = list(daemons)
-    while waiting and time.monotonic() < until:
-        _reap()  # a member that is this process's child and a zombie keeps the group until reaped
-        waiting = [d for d in waiting if _group_exists(d.pid)]
-        if waiting:
-            time.sleep(0.02)
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _wait_gone(daemons: list[Daemon], until: float) -> list[Daemon]:
