@@ -44,6 +44,8 @@ from .base import (
     ProviderError,
 )
 
+# The node agent's command; the instance directories it brings up follow it.
+AGENT = (sys.executable, "-m", "openpcs.agent")
 # Markers in an instance's directory.
 DEAD = "dead"            # the instance died: it never runs again
 UNHEALTHY = UNHEALTHY_MARKER  # its health checks fail
@@ -81,7 +83,7 @@ class LocalProvider:
         for cluster_id, directories in by_cluster.items():
             log = self.layout.log_dir(cluster_id) / "agent.log"
             # Run in the log dir, as slurmd and its slurmstepd (which inherit it) do: a core dump lands there.
-            processes.spawn([sys.executable, "-m", "openpcs.agent", *directories],
+            processes.spawn([*AGENT, *directories],
                             self.agents / f"{uuid.uuid4().hex}.json", log, cwd=log.parent)
         return refused
 
@@ -134,7 +136,7 @@ class LocalProvider:
         found: set[str] = set()
         for record in self.agents.glob("*.json"):
             if processes.adopt(record) is not None:
-                found.update((processes.recorded_argv(record) or [])[3:])  # python -m openpcs.agent DIR...
+                found.update((processes.recorded_argv(record) or [])[len(AGENT):])
         return found
 
     # -- faults ----------------------------------------------------------------------------------------------
