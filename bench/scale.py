@@ -80,10 +80,11 @@ def jobs_left(data: Path, job: str) -> bool:
 
 def exit_statuses(data: Path, cluster_id: str, job: str) -> collections.Counter:
     """Exit status -> count for the job, or for each task of the array, from slurmctld's log (the records of
-    finished jobs are purged MinJobAge after their end)."""
+    finished jobs are purged MinJobAge after their end). A task that was requeued counts by its last end."""
     log = (data / "logs" / cluster_id / "slurmctld.log").read_text(errors="replace")
-    pattern = rf"_job_complete: JobId={job}(?:_\d+)?(?:\(\d+\))? WEXITSTATUS (\d+)"
-    return collections.Counter(f"exit {status}" for status in re.findall(pattern, log))
+    pattern = rf"_job_complete: JobId={job}(_\d+)?(?:\(\d+\))? WEXITSTATUS (\d+)"
+    last = {task: status for task, status in re.findall(pattern, log)}
+    return collections.Counter(f"exit {status}" for status in last.values())
 
 
 def drained(data: Path) -> list[str]:

@@ -18,7 +18,7 @@ import pytest
 from conftest import OpenPcs, create_cluster, create_node_group, create_queue, free_port, unique, wait_for
 from mariadbserver import MariaDBServer
 from test_scaling import until_exists, wait_until
-from test_slurm import job_state, openpcs_exec, wait_job_done
+from test_slurm import job_state, openpcs_exec, slurmd_records, wait_job_done
 
 BOTH = {"accounting": {"mode": "STANDARD"}, "slurmRest": {"mode": "STANDARD"}}
 NEITHER = {"accounting": {"mode": "NONE"}, "slurmRest": {"mode": "NONE"}}
@@ -281,6 +281,20 @@ def test_deleting_the_cluster_stops_everything_and_drops_its_database_after_it_i
     assert password not in server.log()  # the secret never reached the log
     assert not (server.data_dir / "clusters" / cluster["id"]).exists()
     assert database not in managed_accounts(server)  # neither its database nor its user is left
+
+
+def test_the_clusters_services_have_a_head_nodes_share_of_the_cpu(server):
+    """Every node is a session of its own, and the kernel shares CPU time between sessions (autogroup): the
+    daemons every node depends on weigh as 87 nodes (nice -20), so a cluster's busy nodes cannot starve them."""
+    if not Path("/proc/self/autogroup").exists():
+        pytest.skip("this kernel shares CPU time by thread, not by session (no autogroup scheduling)")
+    pcs = server.client()
+    cluster, _ = cluster_with_nodes(pcs, BOTH, nodes=1)
+    for daemon in ("munged", "slurmctld", "slurmdbd", "slurmrestd"):
+        weight = Path(f"/proc/{record_pid(server, cluster, daemon)}/autogroup").read_text()
+        assert weight.endswith(" nice -20\n"), (daemon, weight)
+    for node in slurmd_records(server.data_dir).values():
+        assert Path(f"/proc/{json.loads(node.read_text())['pid']}/autogroup").read_text().endswith(" nice 0\n")
 
 
 def managed_accounts(server: OpenPcs) -> set[str]:

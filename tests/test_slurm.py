@@ -461,7 +461,7 @@ def _record_pid(record: Path) -> int:
     return json.loads(record.read_text())["pid"]
 
 
-def _slurmd_records(data: Path) -> dict[str, Path]:
+def slurmd_records(data: Path) -> dict[str, Path]:
     """node name -> the record of its slurmd (its argv holds `-N <node>`)."""
     found = {}
     for record in data.glob("instances/*/slurmd.json"):
@@ -503,7 +503,7 @@ def test_daemons_that_died_while_the_server_was_down_are_started_again(tmp_path)
     first.kill9()
     run = data / "clusters" / cluster["id"] / "run"
     lost_node = f"{group['name']}-1"
-    for record in (run / "slurmctld.json", _slurmd_records(data)[lost_node]):
+    for record in (run / "slurmctld.json", slurmd_records(data)[lost_node]):
         os.kill(_record_pid(record), 9)
     second = _restart(first)
     deadline = time.monotonic() + 60

@@ -302,7 +302,7 @@ def test_slurmdbd_conf_sets_every_purge_and_lets_custom_settings_win() -> None:
     assert "Purge" not in forever and "AuthAlt" not in forever  # -1 keeps records forever
 
 
-def test_slurmd_and_step_end_timeouts_grow_with_the_cluster_beyond_240_and_480_nodes():
+def test_slurmd_step_end_message_and_batch_start_timeouts_grow_with_the_cluster():
     def timeout(name: str, *groups: NodeGroupSpec) -> str:
         return re.search(rf"^{name}=(\d+)$", render(cluster(groups))["slurm.conf"], re.M).group(1)
 
@@ -311,3 +311,7 @@ def test_slurmd_and_step_end_timeouts_grow_with_the_cluster_beyond_240_and_480_n
     assert timeout("UnkillableStepTimeout") == timeout("UnkillableStepTimeout", group("a", 2, 480)) == "60"
     assert timeout("UnkillableStepTimeout", group("a", 2, 1024)) == "128"
     assert timeout("UnkillableStepTimeout", group("a", 100, 1024), group("b", 0, 1024, first_port=30000)) == "256"
+    assert timeout("MessageTimeout") == timeout("MessageTimeout", group("a", 2, 640)) == "10"
+    assert timeout("MessageTimeout", group("a", 2, 1024)) == "16"
+    assert timeout("BatchStartTimeout") == "15" and timeout("BatchStartTimeout", group("a", 2, 512)) == "32"
+    assert timeout("BatchStartTimeout", group("a", 100, 1024), group("b", 0, 1024, first_port=30000)) == "128"

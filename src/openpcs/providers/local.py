@@ -83,8 +83,8 @@ class LocalProvider:
         for cluster_id, directories in by_cluster.items():
             log = self.layout.log_dir(cluster_id) / "agent.log"
             # Run in the log dir, as slurmd and its slurmstepd (which inherit it) do: a core dump lands there.
-            processes.spawn([*AGENT, *directories],
-                            self.agents / f"{uuid.uuid4().hex}.json", log, cwd=log.parent)
+            processes.spawn([*AGENT, *directories], self.agents / f"{uuid.uuid4().hex}.json", log, cwd=log.parent,
+                            autogroup_nice=processes.SERVICE_AUTOGROUP_NICE)
         return refused
 
     def describe(self, instance_ids: Sequence[str]) -> dict[str, InstanceStatus]:

@@ -69,6 +69,31 @@ UNKILLABLE_STEP_TIMEOUT = 60
 
 def unkillable_step_timeout(nodes: int) -> int:
     return max(UNKILLABLE_STEP_TIMEOUT, slurmd_timeout(nodes))
+
+
+# How long an RPC's answer may take (MessageTimeout): Slurm's 10 s, or an eighth of SlurmdTimeout when that is larger
+# (1,024 nodes: 16 s; 2,048: 32 s). At the peak of a 16,384-task array on 2,048 nodes a slurmd took more than 10 s to
+# answer a batch launch: slurmctld had hung up ("Could not confirm batch launch ... aborting request") and Slurm held
+# those tasks for good ("launch failed requeued held").
+MESSAGE_TIMEOUT = 10
+
+
+def message_timeout(nodes: int) -> int:
+    return max(MESSAGE_TIMEOUT, slurmd_timeout(nodes) // 8)
+
+
+# How long a batch job may take to start on its node before slurmctld calls it missing and requeues it (held back
+# 121 s): Slurm's 10 s, or half of SlurmdTimeout when that is larger (1,024 nodes: 64 s; 2,048: 128 s). The first
+# 4,096 tasks of an array on 2,048 nodes start at once, every node's slurmstepd at the same time on this host's 2
+# cores: a `true` was seen to take 82 s to start, and tasks requeued 64 s after they were given a node held the
+# array's end back by 2 minutes.
+BATCH_START_TIMEOUT = 10
+
+
+def batch_start_timeout(nodes: int) -> int:
+    return max(BATCH_START_TIMEOUT, slurmd_timeout(nodes) // 2)
+
+
 # A node group's own idle time lives in a partition of this prefix (PCS queue names cannot hold "_").
 IDLE_PARTITION_PREFIX = "openpcs_idle_"
 GPU = "gpu"
@@ -372,6 +397,8 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             ("SlurmdDebug", "info"),
             ("SlurmdTimeout", str(slurmd_timeout(nodes))),
             ("UnkillableStepTimeout", str(unkillable_step_timeout(nodes))),
+            ("MessageTimeout", str(message_timeout(nodes))),
+            ("BatchStartTimeout", str(batch_start_timeout(nodes))),
             # A node's CPUs and memory are its instance type's, not this host's: trust slurm.conf rather than
             # drain a node that registers with less. Each slurmd keeps 2 connection threads rather than 10: every
             # thread takes a PID, and 2,048 nodes of 12 threads each, with a job's steps on all of them, ran into

@@ -218,8 +218,12 @@ class SlurmController:
         return processes.adopt(self.run_dir / "slurmctld.json") is not None
 
     def ping(self) -> bool:
-        done = subprocess.run([self.binary("scontrol"), "ping"], env=self.env(), capture_output=True, text=True,
-                              timeout=30)
+        """slurmctld answers `scontrol ping` (within 30 s: at 2,048 nodes its MessageTimeout is 32 s)."""
+        try:
+            done = subprocess.run([self.binary("scontrol"), "ping"], env=self.env(), capture_output=True, text=True,
+                                  timeout=30)
+        except subprocess.TimeoutExpired:
+            return False
         return done.returncode == 0 and "is UP" in done.stdout
 
     def stop(self) -> None:
@@ -269,7 +273,8 @@ class SlurmController:
             [munged_binary(), "--foreground", "--force", f"--num-threads={MUNGED_THREADS}",
              f"--key-file={self.layout.munge_key(self.cluster_id)}",
              f"--socket={socket}", f"--pid-file={self.run_dir / 'munged.pid'}", f"--log-file={log}",
-             f"--seed-file={self.run_dir / 'munged.seed'}"], record, self.log_dir / "munged.out", cwd=self.log_dir)
+             f"--seed-file={self.run_dir / 'munged.seed'}"], record, self.log_dir / "munged.out", cwd=self.log_dir,
+            autogroup_nice=processes.SERVICE_AUTOGROUP_NICE)
         wait_ready("munged", daemon, lambda: socket.exists(), [log, self.log_dir / "munged.out"])
 
     def _start_slurmctld(self) -> None:
@@ -283,7 +288,8 @@ class SlurmController:
         offset = out.stat().st_size if out.exists() else 0
         # Its working directory is its log dir: a core dump lands there, never where serve was started.
         daemon = processes.spawn([self.binary("slurmctld"), "-D", "-f", str(self.conf)],
-                                 self.run_dir / "slurmctld.json", out, env=self.env(), cwd=self.log_dir)
+                                 self.run_dir / "slurmctld.json", out, env=self.env(), cwd=self.log_dir,
+                                 autogroup_nice=processes.SERVICE_AUTOGROUP_NICE)
         wait_ready("slurmctld", daemon, self.ping, [out], offset)
         self._mark_applied()
 

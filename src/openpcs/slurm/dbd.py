@@ -115,7 +115,8 @@ class SlurmDbd:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         offset = out.stat().st_size if out.exists() else 0
         daemon = processes.spawn([self.build.binary("slurmdbd"), "-D"], self.record, out,
-                                 env={**os.environ, "SLURM_CONF": str(self.slurm_conf)}, cwd=self.log_dir)
+                                 env={**os.environ, "SLURM_CONF": str(self.slurm_conf)}, cwd=self.log_dir,
+                                 autogroup_nice=processes.SERVICE_AUTOGROUP_NICE)
         wait_ready("slurmdbd", daemon, lambda: listening(port), [out], offset)
 
     def alive(self) -> bool:

@@ -97,7 +97,8 @@ class SlurmRestd:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         offset = out.stat().st_size if out.exists() else 0
         env = {**os.environ, "SLURM_CONF": str(self.readable_conf), "SLURM_JWT": "daemon"}
-        daemon = processes.spawn(argv, self.record, out, env=env, cwd=self.log_dir)
+        daemon = processes.spawn(argv, self.record, out, env=env, cwd=self.log_dir,
+                                 autogroup_nice=processes.SERVICE_AUTOGROUP_NICE)
         wait_ready("slurmrestd", daemon, lambda: answers(port), [out], offset)
 
     def _copy_config(self) -> None:
