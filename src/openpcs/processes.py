@@ -31,7 +31,7 @@ import orjson
 
 from .files import write_private
 
-log = logging.getLogger("openpcs.processes")
+logger = logging.getLogger("openpcs.processes")
 
 # The weight of 87 nodes (autogroup nice -20) for the daemons every node and command depends on (munged, slurmctld,
 # slurmdbd, slurmrestd) and for the agent that launches nodes, as if they had machines of their own. With the weight
@@ -104,7 +104,7 @@ def _set_autogroup_nice(pid: int, nice: int) -> None:
     try:
         Path(f"/proc/{pid}/autogroup").write_text(str(nice))
     except OSError as exc:
-        log.info("pid %d keeps an ordinary CPU weight: %s", pid, exc)
+        logger.info("pid %d keeps an ordinary CPU weight: %s", pid, exc)
 
 
 def adopt(record: Path) -> Daemon | None:

@@ -71,15 +71,16 @@ def unkillable_step_timeout(nodes: int) -> int:
     return max(UNKILLABLE_STEP_TIMEOUT, slurmd_timeout(nodes))
 
 
-# How long an RPC's answer may take (MessageTimeout): Slurm's 10 s, or an eighth of SlurmdTimeout when that is larger
-# (1,024 nodes: 16 s; 2,048: 32 s). At the peak of a 16,384-task array on 2,048 nodes a slurmd took more than 10 s to
-# answer a batch launch: slurmctld had hung up ("Could not confirm batch launch ... aborting request") and Slurm held
-# those tasks for good ("launch failed requeued held").
+# How long an RPC's answer may take (MessageTimeout): Slurm's 10 s, or a quarter of SlurmdTimeout when that is
+# larger (512 nodes: 16 s; 1,024: 32 s; 2,048: 64 s). At an array's peak a slurmd with a 1,024th of the host's CPU took
+# more than 10 s, and at 1,024 nodes more than 16 s, to answer a batch launch: slurmctld had hung up ("Could not
+# confirm batch launch ... aborting request"), and the task was requeued and held back 121 s, or held for good
+# ("launch failed requeued held").
 MESSAGE_TIMEOUT = 10
 
 
 def message_timeout(nodes: int) -> int:
-    return max(MESSAGE_TIMEOUT, slurmd_timeout(nodes) // 8)
+    return max(MESSAGE_TIMEOUT, slurmd_timeout(nodes) // 4)
 
 
 # How long a batch job may take to start on its node before slurmctld calls it missing and requeues it (held back
