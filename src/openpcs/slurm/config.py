@@ -72,8 +72,8 @@ def unkillable_step_timeout(nodes: int) -> int:
 
 
 # How long an RPC's answer may take (MessageTimeout): Slurm's 10 s, or a quarter of SlurmdTimeout when that is
-# larger (512 nodes: 16 s; 1,024: 32 s; 2,048: 64 s). At an array's peak a slurmd with a 1,024th of the host's CPU took
-# more than 10 s, and at 1,024 nodes more than 16 s, to answer a batch launch: slurmctld had hung up ("Could not
+# larger (512 nodes: 16 s; 1,024: 32 s; 2,048: 64 s). At the peak of a 16,384-task array some slurmd took more than
+# 10 s (2,048 nodes), and more than 16 s (1,024 nodes), to answer a batch launch: slurmctld had hung up ("Could not
 # confirm batch launch ... aborting request"), and the task was requeued and held back 121 s, or held for good
 # ("launch failed requeued held").
 MESSAGE_TIMEOUT = 10

@@ -218,7 +218,7 @@ class SlurmController:
         return processes.adopt(self.run_dir / "slurmctld.json") is not None
 
     def ping(self) -> bool:
-        """slurmctld answers `scontrol ping` (within 30 s: at 2,048 nodes its MessageTimeout is 32 s)."""
+        """slurmctld answers `scontrol ping` within 30 s (a busy one may not: MessageTimeout grows with the cluster)."""
         try:
             done = subprocess.run([self.binary("scontrol"), "ping"], env=self.env(), capture_output=True, text=True,
                                   timeout=30)
