@@ -18,7 +18,7 @@ import pytest
 from conftest import OpenPcs, create_cluster, create_node_group, create_queue, free_port, unique, wait_for
 from mariadbserver import MariaDBServer
 from test_scaling import until_exists, wait_until
-from test_slurm import job_state, openpcs_exec, slurmd_records, wait_job_done
+from test_slurm import job_state, openpcs_exec, recorded_pid, slurmd_records, wait_job_done
 
 BOTH = {"accounting": {"mode": "STANDARD"}, "slurmRest": {"mode": "STANDARD"}}
 NEITHER = {"accounting": {"mode": "NONE"}, "slurmRest": {"mode": "NONE"}}
@@ -294,7 +294,7 @@ def test_the_clusters_services_have_a_head_nodes_share_of_the_cpu(server):
         weight = Path(f"/proc/{record_pid(server, cluster, daemon)}/autogroup").read_text()
         assert weight.endswith(" nice -20\n"), (daemon, weight)
     for node in slurmd_records(server.data_dir).values():
-        assert Path(f"/proc/{json.loads(node.read_text())['pid']}/autogroup").read_text().endswith(" nice 0\n")
+        assert Path(f"/proc/{recorded_pid(node)}/autogroup").read_text().endswith(" nice 0\n")
 
 
 def managed_accounts(server: OpenPcs) -> set[str]:

@@ -457,7 +457,7 @@ def test_deleting_a_queue_drains_its_partition_and_lets_its_jobs_finish(server, 
     assert queue["name"] not in openpcs_exec(server, cluster["name"], "sinfo", "-h", "-o", "%R").stdout.split()
 
 
-def _record_pid(record: Path) -> int:
+def recorded_pid(record: Path) -> int:
     return json.loads(record.read_text())["pid"]
 
 
@@ -504,7 +504,7 @@ def test_daemons_that_died_while_the_server_was_down_are_started_again(tmp_path)
     run = data / "clusters" / cluster["id"] / "run"
     lost_node = f"{group['name']}-1"
     for record in (run / "slurmctld.json", slurmd_records(data)[lost_node]):
-        os.kill(_record_pid(record), 9)
+        os.kill(recorded_pid(record), 9)
     second = _restart(first)
     deadline = time.monotonic() + 60
     while True:
@@ -533,7 +533,7 @@ def test_a_slurmctld_whose_port_is_taken_fails_with_slurms_words(tmp_path):
     cluster = create_cluster(pcs, unique())
     port = int(cluster["endpoints"][0]["port"])
     first.kill9()
-    os.kill(_record_pid(data / "clusters" / cluster["id"] / "run" / "slurmctld.json"), 9)
+    os.kill(recorded_pid(data / "clusters" / cluster["id"] / "run" / "slurmctld.json"), 9)
     squatter = socket.socket()
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the killed one's TIME_WAITs
     deadline = time.monotonic() + 10
@@ -571,11 +571,11 @@ def test_a_slurmctld_that_stops_answering_is_restarted_and_the_update_goes_throu
     pcs = server.client()
     cluster = create_cluster(pcs, unique())
     record = server.data_dir / "clusters" / cluster["id"] / "run" / "slurmctld.json"
-    stuck = _record_pid(record)
+    stuck = recorded_pid(record)
     os.kill(stuck, signal.SIGSTOP)
     pcs.update_cluster(clusterIdentifier=cluster["id"], slurmConfiguration={"scaleDownIdleTimeInSeconds": 900})
     wait_for(lambda: pcs.get_cluster(clusterIdentifier=cluster["id"]), "cluster", ("ACTIVE",), timeout=120)
-    assert _record_pid(record) != stuck
+    assert recorded_pid(record) != stuck
     assert "SuspendTime             = 900 sec" in openpcs_exec(server, cluster["name"], "scontrol", "show",
                                                                 "config").stdout
     assert "has not answered for 30 s; restarting it" in server.log()
@@ -626,7 +626,7 @@ def test_a_busy_slurmctld_holds_a_delete_back_until_it_answers(server, tmp_path)
     wait_for(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=queue["id"]), "queue",
              ("ACTIVE",))
     record = server.data_dir / "clusters" / cluster["id"] / "run" / "slurmctld.json"
-    busy = _record_pid(record)
+    busy = recorded_pid(record)
     os.kill(busy, signal.SIGSTOP)
     try:
         pcs.delete_compute_node_group(clusterIdentifier=cluster["id"], computeNodeGroupIdentifier=leaving["id"])
@@ -644,4 +644,4 @@ def test_a_busy_slurmctld_holds_a_delete_back_until_it_answers(server, tmp_path)
     assert seen == {"DELETING"}
     wait_gone(lambda: group_of(pcs, cluster, leaving), pcs.exceptions.ResourceNotFoundException, timeout=90)
     assert out.read_text().strip() == "finished"
-    assert _record_pid(record) == busy  # waited for, not restarted
+    assert recorded_pid(record) == busy  # waited for, not restarted
