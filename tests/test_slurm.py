@@ -457,6 +457,24 @@ def test_deleting_a_queue_drains_its_partition_and_lets_its_jobs_finish(server, 
     assert queue["name"] not in openpcs_exec(server, cluster["name"], "sinfo", "-h", "-o", "%R").stdout.split()
 
 
+def test_queues_come_and_go_without_restarting_the_nodes_slurmd(server, tmp_path):
+    """Slurm 24.11's reconfigure restarts every slurmd; partitions are changed live instead (on 2,048 nodes that
+    storm of restarts left a job's launch waiting for good)."""
+    pcs = server.client()
+    cluster, group, queue = cluster_with_nodes(pcs, nodes=1, max_nodes=1)
+    log = server.data_dir / "logs" / cluster["id"] / f"slurmd-{group['name']}-1.log"
+    starts = log.read_text().count("slurmd version")
+    other = create_queue(pcs, cluster["id"], [group["id"]])
+    out = tmp_path / "other.txt"
+    openpcs_exec(server, cluster["name"], "sbatch", "-p", other["name"], "--wait", "-o", str(out), "--wrap", "echo ran")
+    assert out.read_text().strip() == "ran"
+    pcs.delete_queue(clusterIdentifier=cluster["id"], queueIdentifier=other["id"])
+    wait_gone(lambda: pcs.get_queue(clusterIdentifier=cluster["id"], queueIdentifier=other["id"]),
+              pcs.exceptions.ResourceNotFoundException, timeout=30)
+    assert openpcs_exec(server, cluster["name"], "sinfo", "-h", "-o", "%R").stdout.split() == [queue["name"]]
+    assert log.read_text().count("slurmd version") == starts
+
+
 def recorded_pid(record: Path) -> int:
     return json.loads(record.read_text())["pid"]
 

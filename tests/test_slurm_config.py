@@ -246,11 +246,26 @@ def test_reload_plan():
     queues = plan_reload(render(base), render(dataclasses.replace(
         base, queues=(QueueSpec("q", ("cpu", "gpu"), (("MaxTime", "60"),)), QueueSpec("r", ("cpu",), ())))))
     assert queues.changed and not queues.restart_slurmctld and not queues.restart_slurmd
+    # Partitions alone change live, without the reconfigure that restarts every slurmd.
+    assert queues.partition_commands == (
+        ("update", "PartitionName=q", "Nodes=cpu-[1-2],gpu-1", "MaxTime=60"),
+        ("create", "PartitionName=r", "Nodes=cpu-[1-2]", "State=UP", "MaxTime=INFINITE"))
+    draining = plan_reload(render(base), render(dataclasses.replace(base, queues=(
+        QueueSpec("q", ("cpu",), (), draining=True), QueueSpec("r r", ("cpu",), (("AllowQos", "a#b c"),))))))
+    assert draining.partition_commands == (
+        ("update", "PartitionName=q", "State=DRAIN"),
+        ("create", "PartitionName=r r", "Nodes=cpu-[1-2]", "State=UP", "MaxTime=INFINITE", "AllowQos=a#b c"))
+    assert plan_reload(render(base), render(dataclasses.replace(base, queues=()))).partition_commands == (
+        ("delete", "PartitionName=q"),)
+    # scontrol cannot unset a setting a partition loses; nodes changing take a reconfigure too.
+    tier = dataclasses.replace(base, queues=(QueueSpec("q", ("cpu",), (("PriorityTier", "5"),)),))
+    assert plan_reload(render(tier), render(base)).partition_commands is None
 
     cpus = dataclasses.replace(base, node_groups=(dataclasses.replace(base.node_groups[0], cpus=8),
                                                   base.node_groups[1]))
     plan = plan_reload(render(base), render(cpus))
     assert plan.changed and plan.restart_slurmd == () and plan.restart_slurmctld == ()
+    assert plan.partition_commands is None
 
     grown = dataclasses.replace(base, node_groups=(group("cpu", 1, 3), base.node_groups[1]))
     plan = plan_reload(render(base), render(grown))

@@ -7,7 +7,8 @@ reports (endpoints, secret references), raises `RuntimePending` while daemons st
 
 A cluster's Slurm configuration is rendered (slurm.config.render, a pure function) from the cluster and
 its queues and node groups, including those being deleted until they have drained (control.draining);
-whenever it changes, slurmctld re-reads it (slurm.config.plan_reload says when it must restart instead).
+whenever it changes, slurmctld re-reads it (slurm.config.plan_reload says when it must restart instead, and
+which partition changes scontrol makes live).
 Its state is saved on stop, so queued and running jobs carry on. Node groups' instances are
 control.node_groups' (static nodes) and control.scaling's (power-saving nodes), through control.fleet; a
 cluster's slurmdbd and slurmrestd are control.services'.
@@ -259,7 +260,7 @@ class Runtime:
                 controller.restart_slurmctld()
                 controller.reconfigure()  # running slurmd re-read slurm.conf too
                 self._restart_nodes(cluster, plan.restart_slurmd)
-            else:
+            elif plan.partition_commands is None or not controller.change_partitions(plan.partition_commands):
                 controller.reconfigure()
         except RuntimeFailure:
             if previous and was_running:

@@ -388,6 +388,9 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
             ("SlurmctldPidFile", f"{paths.run_dir}/slurmctld.pid"),
             ("SlurmctldLogFile", f"{paths.log_dir}/slurmctld.log"),
             ("SlurmctldDebug", "info"),
+            # Partitions change live (plan_reload), while slurmd keep the slurm.conf they read: slurmctld would
+            # log an error at every registration of a node whose file's hash is not its own.
+            ("DebugFlags", "NO_CONF_HASH"),
         ]),
         ("Nodes: every slurmd runs on this host as root, `slurmd -N <node>`, each on its own port", [
             ("SlurmUser", "root"),
@@ -464,7 +467,7 @@ def _global_sections(spec: ClusterSpec, gres_types: list[str], static: list[str]
         ])] if spec.accounting_port else []),
         *([("Slurm REST API: slurmrestd passes on the JSON Web Tokens slurmctld signs with this key", [
             ("AuthAltTypes", "auth/jwt"),
-            ("AuthAltParameters", _with_jwt_key(spec.jwt_key, spec.custom_settings)),
+            ("AuthAltParameters", f"jwt_key={spec.jwt_key}"),
         ])] if spec.jwt_key else []),
     ]
 
@@ -473,12 +476,18 @@ def _has_cloud_nodes(spec: ClusterSpec) -> bool:
     return any(len(static_node_names(group)) < len(node_names(group)) for group in spec.node_groups)
 
 
-def _with_jwt_key(key: str, custom_settings: Sequence[tuple[str, str]]) -> str:
-    """AuthAltParameters naming the cluster's JWT key, with whatever else the cluster's own AuthAltParameters
-    says (disable_token_creation, say): the custom setting adds to the line rather than replacing the key."""
-    custom = [value for name, value in custom_settings if _key(name) == "authaltparameters"]
-    extra = [item for item in (custom[-1].split(",") if custom else []) if item and not item.startswith("jwt_key=")]
-    return ",".join([f"jwt_key={key}", *extra])
+# Parameters that are lists of options: a cluster custom setting adds its options to openpcs's and replaces those of
+# the same name (bf_interval=10 keeps batch_sched_delay=0), except the ones named here: the JWT key is the cluster's.
+_OPTION_LISTS: dict[str, tuple[str, ...]] = {"authaltparameters": ("jwt_key",), "schedulerparameters": ()}
+
+
+def _merge_options(ours: str, theirs: str, fixed: tuple[str, ...]) -> str:
+    options = {item.split("=", 1)[0]: item for item in ours.split(",") if item}
+    for item in theirs.split(","):
+        name = item.split("=", 1)[0]
+        if item and name not in fixed:
+            options[name] = item
+    return ",".join(options.values())
 
 
 _LINE_KEYS = frozenset({"nodename", "partitionname", "nodeset", "downnodes", "frontendname", "include"})
@@ -495,7 +504,8 @@ def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dic
                         | {value for group in spec.node_groups if group.max_nodes > 0
                            for record in group.gres_records for key, value in record if _key(key) == "name"})
 
-    # A cluster custom setting replaces the renderer's line in place; the others follow in their own section.
+    # A cluster custom setting replaces the renderer's line in place (an option list adds to it: _OPTION_LISTS); the
+    # others follow in their own section.
     custom: dict[str, tuple[str, str]] = {}
     for name, value in spec.custom_settings:
         _check_setting(name, value)
@@ -507,9 +517,10 @@ def _slurm_conf(spec: ClusterSpec, node_settings: dict[str, Settings], gres: dic
     for title, settings in _global_sections(spec, gres_types, static):
         out.append(f"\n# {title}\n")
         for name, value in settings:
-            own = custom.pop(_key(name), (name, value))
-            if not (spec.jwt_key and _key(name) == "authaltparameters"):  # that one merges the two (_with_jwt_key)
-                name, value = own
+            if _key(name) in custom:
+                fixed = _OPTION_LISTS.get(_key(name))
+                name, own = custom.pop(_key(name))
+                value = own if fixed is None else _merge_options(value, own, fixed)
             out.append(f"{name}={_format_value(value)}\n")
     if custom:
         out.append("\n# The cluster's slurmCustomSettings\n")
@@ -642,6 +653,9 @@ class ReloadPlan:
     restart_slurmd: tuple[str, ...]        # nodes in both configs whose slurmd must restart (port or address moved)
     added_nodes: tuple[str, ...]
     removed_nodes: tuple[str, ...]         # their slurmd should be stopped
+    # When only partitions changed: the scontrol commands that apply the change to the running slurmctld, which
+    # a reconfigure would apply by restarting every slurmd too. None: it takes a reconfigure.
+    partition_commands: tuple[tuple[str, ...], ...] | None = None
 
 
 def plan_reload(old: Mapping[str, str], new: Mapping[str, str]) -> ReloadPlan:
@@ -661,7 +675,62 @@ def plan_reload(old: Mapping[str, str], new: Mapping[str, str]) -> ReloadPlan:
         old_nodes[name].get(key) != fields.get(key) for key in _RESTART_NODE_FIELDS))
     return ReloadPlan(changed=dict(old) != dict(new), restart_slurmctld=tuple(reasons), restart_slurmd=slurmd,
                       added_nodes=tuple(name for name in new_nodes if name not in old_nodes),
-                      removed_nodes=tuple(name for name in old_nodes if name not in new_nodes))
+                      removed_nodes=tuple(name for name in old_nodes if name not in new_nodes),
+                      partition_commands=_partition_commands(old, new))
+
+
+def _partition_commands(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[tuple[str, ...], ...] | None:
+    """`scontrol create|update|delete` arguments that take a running slurmctld from `old`'s partitions to `new`'s,
+    if nothing but PartitionName lines differ; None otherwise, or if a partition loses a setting (scontrol cannot
+    unset one).
+
+    24.11's `scontrol reconfigure` restarts every slurmd: on 2,048 nodes, a queue created or deleted was a storm of
+    2,048 restarts and re-registrations, after which one slurmd's registration went unanswered and a job's launch
+    on that node waited for it for good. slurmd do not use partitions, so the ones still running on the previous
+    slurm.conf lose nothing (DebugFlags=NO_CONF_HASH: their registrations carry that file's hash)."""
+    if {k: v for k, v in old.items() if k != "slurm.conf"} != {k: v for k, v in new.items() if k != "slurm.conf"}:
+        return None
+    old_rest, old_partitions = _split_partitions(old.get("slurm.conf", ""))
+    new_rest, new_partitions = _split_partitions(new.get("slurm.conf", ""))
+    if old_rest != new_rest:
+        return None
+    commands = [("delete", f"PartitionName={name}") for name in old_partitions if name not in new_partitions]
+    for name, fields in new_partitions.items():
+        before = old_partitions.get(name)
+        if before is None:
+            commands.append(("create", *(f"{key}={value}" for key, value in fields.items())))
+            continue
+        if {_key(key) for key in before} - {_key(key) for key in fields}:
+            return None
+        changed = [f"{key}={value}" for key, value in fields.items() if before.get(key) != value]
+        if changed:
+            commands.append(("update", f"PartitionName={name}", *changed))
+    return tuple(commands)
+
+
+def _split_partitions(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """A rendered slurm.conf's settings other than partitions, in order, and its partitions: name -> their fields
+    as scontrol takes them (unquoted, unescaped)."""
+    rest: list[str] = []
+    partitions: dict[str, dict[str, str]] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = {name: _unformat_value(value) for name, value in _FIELD.findall(line)}
+        name = next((value for key, value in fields.items() if _key(key) == "partitionname"), None)
+        if name is None:
+            rest.append(line)
+        else:
+            partitions[name] = fields
+    return rest, partitions
+
+
+def _unformat_value(value: str) -> str:
+    """A value as _format_value wrote it, as it was."""
+    if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+        value = value[1:-1]
+    return value.replace("\\#", "#")
 
 
 _FIELD = re.compile(r'([A-Za-z][A-Za-z0-9_]*)=("[^"]*"|\S*)')

@@ -195,6 +195,18 @@ class SlurmController:
             return
         self._mark_applied()
 
+    def change_partitions(self, commands: tuple[tuple[str, ...], ...]) -> bool:
+        """Apply partition changes (config.ReloadPlan.partition_commands) without a reconfigure; False if slurmctld
+        refused one (a setting scontrol cannot change, a partition still in use): a reconfigure applies them all."""
+        for command in commands:
+            try:
+                self.run("scontrol", *command)
+            except RuntimeFailure as refused:
+                log.info("cluster %s: reconfiguring instead: %s", self.cluster_id, refused.message)
+                return False
+        self._mark_applied()
+        return True
+
     def applied_config(self) -> dict[str, str]:
         """The files slurmctld last read (at its start or a reconfigure), which may differ from those on disk
         if the server died between writing and applying them; those on disk if none is recorded."""
