@@ -39,6 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # The files `render` makes (slurmdbd.conf, beside them, is slurm.dbd's).
 RENDERED_FILES = ("slurm.conf", "cgroup.conf", "gres.conf")
@@ -668,21 +669,22 @@ def plan_reload(old: Mapping[str, str], new: Mapping[str, str]) -> ReloadPlan:
     re-read slurm.conf. Never reconfigure with files slurmctld cannot parse: `SLURM_CONF=<new> scontrol show
     hostnames x` checks slurm.conf without a controller first.
     """
-    old_globals, old_nodes = _parse_slurm_conf(old.get("slurm.conf", ""))
-    new_globals, new_nodes = _parse_slurm_conf(new.get("slurm.conf", ""))
+    old_conf, new_conf = _parse_slurm_conf(old.get("slurm.conf", "")), _parse_slurm_conf(new.get("slurm.conf", ""))
+    (old_globals, old_nodes, _), (new_globals, new_nodes, _) = old_conf, new_conf
     reasons = [f"{key} changed" for key in sorted(RESTART_PARAMETERS) if old_globals.get(key) != new_globals.get(key)]
     slurmd = tuple(name for name, fields in new_nodes.items() if name in old_nodes and any(
         old_nodes[name].get(key) != fields.get(key) for key in _RESTART_NODE_FIELDS))
     return ReloadPlan(changed=dict(old) != dict(new), restart_slurmctld=tuple(reasons), restart_slurmd=slurmd,
                       added_nodes=tuple(name for name in new_nodes if name not in old_nodes),
                       removed_nodes=tuple(name for name in old_nodes if name not in new_nodes),
-                      partition_commands=_partition_commands(old, new))
+                      partition_commands=_partition_commands(old, new, old_conf, new_conf))
 
 
-def _partition_commands(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[tuple[str, ...], ...] | None:
+def _partition_commands(old: Mapping[str, str], new: Mapping[str, str], old_conf: _SlurmConf,
+                        new_conf: _SlurmConf) -> tuple[tuple[str, ...], ...] | None:
     """`scontrol create|update|delete` arguments that take a running slurmctld from `old`'s partitions to `new`'s,
-    if nothing but PartitionName lines differ; None otherwise, or if a partition loses a setting (scontrol cannot
-    unset one).
+    if nothing but PartitionName lines differ (`*_conf`: their slurm.conf parsed); None otherwise, or if a partition
+    loses a setting (scontrol cannot unset one).
 
     24.11's `scontrol reconfigure` restarts every slurmd: on 2,048 nodes, a queue created or deleted was a storm of
     2,048 restarts and re-registrations, after which one slurmd's registration went unanswered and a job's launch
@@ -690,10 +692,9 @@ def _partition_commands(old: Mapping[str, str], new: Mapping[str, str]) -> tuple
     slurm.conf lose nothing (DebugFlags=NO_CONF_HASH: their registrations carry that file's hash)."""
     if {k: v for k, v in old.items() if k != "slurm.conf"} != {k: v for k, v in new.items() if k != "slurm.conf"}:
         return None
-    old_rest, old_partitions = _split_partitions(old.get("slurm.conf", ""))
-    new_rest, new_partitions = _split_partitions(new.get("slurm.conf", ""))
-    if old_rest != new_rest:
+    if (old_conf.parameters, old_conf.nodes) != (new_conf.parameters, new_conf.nodes):
         return None
+    old_partitions, new_partitions = old_conf.partitions, new_conf.partitions
     commands = [("delete", f"PartitionName={name}") for name in old_partitions if name not in new_partitions]
     for name, fields in new_partitions.items():
         before = old_partitions.get(name)
@@ -708,24 +709,6 @@ def _partition_commands(old: Mapping[str, str], new: Mapping[str, str]) -> tuple
     return tuple(commands)
 
 
-def _split_partitions(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """A rendered slurm.conf's settings other than partitions, in order, and its partitions: name -> their fields
-    as scontrol takes them (unquoted, unescaped)."""
-    rest: list[str] = []
-    partitions: dict[str, dict[str, str]] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = {name: _unformat_value(value) for name, value in _FIELD.findall(line)}
-        name = next((value for key, value in fields.items() if _key(key) == "partitionname"), None)
-        if name is None:
-            rest.append(line)
-        else:
-            partitions[name] = fields
-    return rest, partitions
-
-
 def _unformat_value(value: str) -> str:
     """A value as _format_value wrote it, as it was."""
     if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
@@ -736,20 +719,29 @@ def _unformat_value(value: str) -> str:
 _FIELD = re.compile(r'([A-Za-z][A-Za-z0-9_]*)=("[^"]*"|\S*)')
 
 
-def _parse_slurm_conf(text: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """Parameters and nodes of a file render wrote (not a general slurm.conf parser)."""
-    parameters: dict[str, str] = {}
-    nodes: dict[str, dict[str, str]] = {}
+class _SlurmConf(NamedTuple):
+    parameters: dict[str, str]                # lowercased name -> value as written
+    nodes: dict[str, dict[str, str]]          # node name -> its fields (lowercased names)
+    partitions: dict[str, dict[str, str]]     # partition name -> its fields as scontrol takes them (unquoted)
+
+
+def _parse_slurm_conf(text: str) -> _SlurmConf:
+    """Parameters, nodes and partitions of a file render wrote (not a general slurm.conf parser)."""
+    conf = _SlurmConf({}, {}, {})
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        fields = {_key(name): value for name, value in _FIELD.findall(line)}
+        found = _FIELD.findall(line)
+        fields = {_key(name): value for name, value in found}
         if "nodename" in fields:
             names = expand_hostlist(fields.pop("nodename"))
             ports = expand_hostlist(fields["port"]) if fields.get("port", "").startswith("[") else None
             for index, name in enumerate(names):
-                nodes[name] = {**fields, "port": ports[index]} if ports else dict(fields)
-        elif "partitionname" not in fields:
-            parameters.update(fields)
-    return parameters, nodes
+                conf.nodes[name] = {**fields, "port": ports[index]} if ports else dict(fields)
+        elif "partitionname" in fields:
+            conf.partitions[_unformat_value(fields["partitionname"])] = {
+                name: _unformat_value(value) for name, value in found}
+        else:
+            conf.parameters.update(fields)
+    return conf
